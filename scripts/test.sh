@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command of README.md: every unit, property and integration test of the workspace,
+# plus one pass of each criterion benchmark in test mode (a build-and-run check, never timed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# Property tests run a bounded number of cases (PROPTEST_CASES caps them if set).
+cargo test --workspace --all-targets --locked "$@"

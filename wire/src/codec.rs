@@ -1,0 +1,590 @@
+//! Encoding frames into `BytesMut`, and the incremental [`Decoder`].
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::error::{DecodeError, EncodeError};
+use crate::frame::*;
+
+// ---------------------------------------------------------------------------------------------
+// Encoding
+// ---------------------------------------------------------------------------------------------
+
+impl Frame {
+    /// Appends this frame, length prefix included, to `dst`.
+    ///
+    /// On error nothing is appended.
+    pub fn encode(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        self.check()?;
+        let start = dst.len();
+        dst.put_u32(0); // patched below, once the body length is known
+        dst.put_u8(self.frame_type());
+        match self {
+            Frame::Hello(h) => {
+                dst.put_u16(h.version);
+                dst.put_u8(h.role as u8);
+                put_str8(dst, &h.client_name);
+                put_str8(dst, &h.token);
+            }
+            Frame::Subscribe(s) => {
+                dst.put_u32(s.request_id);
+                dst.put_u16(s.entries.len() as u16);
+                for e in &s.entries {
+                    let mut flags = 0;
+                    if e.resume.is_some() {
+                        flags |= sub_flags::RESUME;
+                    }
+                    if !e.conflate {
+                        flags |= sub_flags::NO_CONFLATE;
+                    }
+                    dst.put_u8(flags);
+                    put_str8(dst, &e.topic);
+                    if let Some(r) = e.resume {
+                        dst.put_u64(r.epoch);
+                        dst.put_u64(r.seq);
+                    }
+                }
+            }
+            Frame::Unsubscribe(u) => {
+                dst.put_u32(u.request_id);
+                dst.put_u16(u.topic_ids.len() as u16);
+                for id in &u.topic_ids {
+                    dst.put_u32(*id);
+                }
+            }
+            Frame::Ping { nonce } | Frame::Pong { nonce } => dst.put_u64(*nonce),
+            Frame::Publish(p) => {
+                dst.put_u8(p.flags);
+                put_str8(dst, &p.topic);
+                dst.put_slice(&p.payload);
+            }
+            Frame::Welcome(w) => {
+                dst.put_u16(w.version);
+                dst.put_u64(w.session_id);
+                dst.put_u64(w.epoch);
+                dst.put_u32(w.heartbeat_ms);
+                dst.put_u32(w.limits.max_frame);
+                dst.put_u32(w.limits.max_subscriptions);
+                dst.put_u32(w.limits.outbox_limit);
+            }
+            Frame::SubAck(s) => {
+                dst.put_u32(s.request_id);
+                dst.put_u16(s.entries.len() as u16);
+                for e in &s.entries {
+                    dst.put_u8(e.result as u8);
+                    dst.put_u32(e.topic_id);
+                    dst.put_u64(e.seq);
+                }
+            }
+            Frame::Update(u) => {
+                dst.put_u32(u.topic_id);
+                dst.put_u64(u.seq);
+                dst.put_u64(u.timestamp_us);
+                dst.put_u8(u.flags);
+                dst.put_slice(&u.payload);
+            }
+            Frame::Heartbeat => {}
+            Frame::Error(e) => {
+                dst.put_u16(e.code);
+                put_str16(dst, &e.message);
+            }
+            Frame::GoAway(g) => {
+                dst.put_u16(g.code);
+                dst.put_u32(g.reconnect_after_ms);
+                put_str16(dst, &g.message);
+            }
+        }
+        let len = (dst.len() - start - LENGTH_PREFIX) as u32;
+        dst[start..start + LENGTH_PREFIX].copy_from_slice(&len.to_be_bytes());
+        Ok(())
+    }
+
+    /// Encodes into a fresh buffer.
+    pub fn to_bytes(&self) -> Result<Bytes, EncodeError> {
+        let mut b = BytesMut::new();
+        self.encode(&mut b)?;
+        Ok(b.freeze())
+    }
+
+    /// Validates every length-limited field before anything is written.
+    fn check(&self) -> Result<(), EncodeError> {
+        let str8 = |field, s: &str| check_len(field, s.len(), u8::MAX as usize);
+        let str16 = |field, s: &str| check_len(field, s.len(), u16::MAX as usize);
+        let count = |field, n: usize| {
+            if n > u16::MAX as usize {
+                Err(EncodeError::TooManyEntries {
+                    field,
+                    len: n,
+                    max: u16::MAX as usize,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Frame::Hello(h) => {
+                str8("client_name", &h.client_name)?;
+                str8("token", &h.token)
+            }
+            Frame::Subscribe(s) => {
+                count("entries", s.entries.len())?;
+                s.entries.iter().try_for_each(|e| str8("topic", &e.topic))
+            }
+            Frame::Unsubscribe(u) => count("topic_ids", u.topic_ids.len()),
+            Frame::Publish(p) => str8("topic", &p.topic),
+            Frame::SubAck(s) => count("entries", s.entries.len()),
+            Frame::Error(e) => str16("message", &e.message),
+            Frame::GoAway(g) => str16("message", &g.message),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn check_len(field: &'static str, len: usize, max: usize) -> Result<(), EncodeError> {
+    if len > max {
+        Err(EncodeError::FieldTooLong { field, len, max })
+    } else {
+        Ok(())
+    }
+}
+
+fn put_str8(dst: &mut BytesMut, s: &str) {
+    dst.put_u8(s.len() as u8);
+    dst.put_slice(s.as_bytes());
+}
+
+fn put_str16(dst: &mut BytesMut, s: &str) {
+    dst.put_u16(s.len() as u16);
+    dst.put_slice(s.as_bytes());
+}
+
+/// Encodes one UPDATE frame straight from its parts into a shared buffer, without building an
+/// [`Update`] first. This is the engine's encode-once path: the returned `Bytes` is what every
+/// subscriber's socket is sent.
+pub fn encode_update(
+    topic_id: u32,
+    seq: u64,
+    timestamp_us: u64,
+    flags: u8,
+    payload: &[u8],
+) -> Bytes {
+    let mut b = BytesMut::with_capacity(UPDATE_HEADER_LEN + payload.len());
+    b.put_u32((UPDATE_HEADER_LEN - LENGTH_PREFIX + payload.len()) as u32);
+    b.put_u8(frame_type::UPDATE);
+    b.put_u32(topic_id);
+    b.put_u64(seq);
+    b.put_u64(timestamp_us);
+    b.put_u8(flags);
+    b.put_slice(payload);
+    b.freeze()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding
+// ---------------------------------------------------------------------------------------------
+
+/// Incremental decoder: feed it byte chunks of any size, pull whole frames out.
+///
+/// It buffers at most one partial frame (bounded by `max_frame`) plus whatever whole frames
+/// the caller fed and has not pulled yet. Payloads are zero-copy slices of that buffer.
+#[derive(Debug)]
+pub struct Decoder {
+    buf: BytesMut,
+    max_frame: u32,
+    failed: Option<DecodeError>,
+}
+
+impl Decoder {
+    /// A decoder that refuses frames whose length prefix exceeds `max_frame`.
+    pub fn new(max_frame: u32) -> Self {
+        Decoder {
+            buf: BytesMut::new(),
+            max_frame,
+            failed: None,
+        }
+    }
+
+    /// Changes the maximum frame length (e.g. after WELCOME).
+    pub fn set_max_frame(&mut self, max_frame: u32) {
+        self.max_frame = max_frame;
+    }
+
+    /// The maximum frame length in force.
+    pub fn max_frame(&self) -> u32 {
+        self.max_frame
+    }
+
+    /// Appends received bytes.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.failed.is_none() {
+            self.buf.extend_from_slice(bytes);
+        }
+    }
+
+    /// Bytes buffered and not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Releases the buffer's memory when it holds nothing. Idle connections then cost no
+    /// receive memory at all.
+    pub fn release_if_empty(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+    }
+
+    /// The next whole frame, `Ok(None)` when more bytes are needed, or the error that makes the
+    /// stream undecodable. After an error every later call returns the same error.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, DecodeError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        match decode_one(&mut self.buf, self.max_frame) {
+            Err(e) => {
+                self.buf = BytesMut::new();
+                self.failed = Some(e.clone());
+                Err(e)
+            }
+            ok => ok,
+        }
+    }
+}
+
+/// Decodes one frame from the front of `buf`, consuming it, or returns `Ok(None)` and consumes
+/// nothing when `buf` does not yet hold a whole frame.
+pub fn decode_one(buf: &mut BytesMut, max_frame: u32) -> Result<Option<Frame>, DecodeError> {
+    if buf.len() < LENGTH_PREFIX {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    if len == 0 {
+        return Err(DecodeError::EmptyFrame);
+    }
+    if len > max_frame {
+        return Err(DecodeError::FrameTooLarge {
+            len,
+            max: max_frame,
+        });
+    }
+    // The type byte is checked as soon as it arrives so garbage is refused without waiting
+    // for a (possibly huge) body.
+    if buf.len() > LENGTH_PREFIX && frame_name(buf[LENGTH_PREFIX]) == "?" {
+        return Err(DecodeError::UnknownFrameType(buf[LENGTH_PREFIX]));
+    }
+    let total = LENGTH_PREFIX + len as usize;
+    if buf.len() < total {
+        buf.reserve(total - buf.len());
+        return Ok(None);
+    }
+    buf.advance(LENGTH_PREFIX);
+    let body = buf.split_to(len as usize).freeze();
+    decode_body(body).map(Some)
+}
+
+/// Decodes a frame from its type byte and body (no length prefix).
+pub fn decode_body(mut b: Bytes) -> Result<Frame, DecodeError> {
+    let t = b.get_u8();
+    let name = frame_name(t);
+    let mut r = Reader {
+        b: &mut b,
+        frame: name,
+    };
+    let frame = match t {
+        frame_type::HELLO => {
+            let version = r.u16("version")?;
+            let role_v = r.u8("role")?;
+            let role = Role::from_u8(role_v).ok_or(DecodeError::InvalidValue {
+                frame: name,
+                field: "role",
+                value: role_v as u64,
+            })?;
+            let client_name = r.str8("client_name")?;
+            let token = r.str8("token")?;
+            Frame::Hello(Hello {
+                version,
+                role,
+                client_name,
+                token,
+            })
+        }
+        frame_type::SUBSCRIBE => {
+            let request_id = r.u32("request_id")?;
+            let count = r.u16("count")? as usize;
+            // Each entry is at least 2 bytes, so the body bounds the allocation.
+            let mut entries = Vec::with_capacity(count.min(r.b.remaining() / 2));
+            for _ in 0..count {
+                let flags = r.u8("entry flags")?;
+                let topic = r.str8("topic")?;
+                let resume = if flags & sub_flags::RESUME != 0 {
+                    Some(ResumeFrom {
+                        epoch: r.u64("resume_epoch")?,
+                        seq: r.u64("resume_seq")?,
+                    })
+                } else {
+                    None
+                };
+                entries.push(SubscribeEntry {
+                    topic,
+                    resume,
+                    conflate: flags & sub_flags::NO_CONFLATE == 0,
+                });
+            }
+            Frame::Subscribe(Subscribe {
+                request_id,
+                entries,
+            })
+        }
+        frame_type::UNSUBSCRIBE => {
+            let request_id = r.u32("request_id")?;
+            let count = r.u16("count")? as usize;
+            let mut topic_ids = Vec::with_capacity(count.min(r.b.remaining() / 4));
+            for _ in 0..count {
+                topic_ids.push(r.u32("topic_id")?);
+            }
+            Frame::Unsubscribe(Unsubscribe {
+                request_id,
+                topic_ids,
+            })
+        }
+        frame_type::PING => Frame::Ping {
+            nonce: r.u64("nonce")?,
+        },
+        frame_type::PUBLISH => {
+            let flags = r.u8("flags")?;
+            let topic = r.str8("topic")?;
+            let payload = r.rest();
+            Frame::Publish(Publish {
+                flags,
+                topic,
+                payload,
+            })
+        }
+        frame_type::WELCOME => Frame::Welcome(Welcome {
+            version: r.u16("version")?,
+            session_id: r.u64("session_id")?,
+            epoch: r.u64("epoch")?,
+            heartbeat_ms: r.u32("heartbeat_ms")?,
+            limits: Limits {
+                max_frame: r.u32("max_frame")?,
+                max_subscriptions: r.u32("max_subscriptions")?,
+                outbox_limit: r.u32("outbox_limit")?,
+            },
+        }),
+        frame_type::SUBACK => {
+            let request_id = r.u32("request_id")?;
+            let count = r.u16("count")? as usize;
+            let mut entries = Vec::with_capacity(count.min(r.b.remaining() / 13));
+            for _ in 0..count {
+                let v = r.u8("result")?;
+                let result = SubResult::from_u8(v).ok_or(DecodeError::InvalidValue {
+                    frame: name,
+                    field: "result",
+                    value: v as u64,
+                })?;
+                entries.push(SubAckEntry {
+                    result,
+                    topic_id: r.u32("topic_id")?,
+                    seq: r.u64("seq")?,
+                });
+            }
+            Frame::SubAck(SubAck {
+                request_id,
+                entries,
+            })
+        }
+        frame_type::UPDATE => Frame::Update(Update {
+            topic_id: r.u32("topic_id")?,
+            seq: r.u64("seq")?,
+            timestamp_us: r.u64("timestamp_us")?,
+            flags: r.u8("flags")?,
+            payload: r.rest(),
+        }),
+        frame_type::HEARTBEAT => Frame::Heartbeat,
+        frame_type::PONG => Frame::Pong {
+            nonce: r.u64("nonce")?,
+        },
+        frame_type::ERROR => Frame::Error(ErrorFrame {
+            code: r.u16("code")?,
+            message: r.str16("message")?,
+        }),
+        frame_type::GOAWAY => Frame::GoAway(GoAway {
+            code: r.u16("code")?,
+            reconnect_after_ms: r.u32("reconnect_after_ms")?,
+            message: r.str16("message")?,
+        }),
+        other => return Err(DecodeError::UnknownFrameType(other)),
+    };
+    if r.b.has_remaining() {
+        return Err(DecodeError::TrailingBytes {
+            frame: name,
+            extra: r.b.remaining(),
+        });
+    }
+    Ok(frame)
+}
+
+/// Bounds-checked field reader over a frame body.
+struct Reader<'a> {
+    b: &'a mut Bytes,
+    frame: &'static str,
+}
+
+impl Reader<'_> {
+    fn need(&self, n: usize, field: &'static str) -> Result<(), DecodeError> {
+        if self.b.remaining() < n {
+            Err(DecodeError::Truncated {
+                frame: self.frame,
+                field,
+            })
+        } else {
+            Ok(())
+        }
+    }
+    fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
+        self.need(1, field)?;
+        Ok(self.b.get_u8())
+    }
+    fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
+        self.need(2, field)?;
+        Ok(self.b.get_u16())
+    }
+    fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
+        self.need(4, field)?;
+        Ok(self.b.get_u32())
+    }
+    fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+        self.need(8, field)?;
+        Ok(self.b.get_u64())
+    }
+    fn string(&mut self, len: usize, field: &'static str) -> Result<String, DecodeError> {
+        self.need(len, field)?;
+        let raw = self.b.split_to(len);
+        String::from_utf8(raw.to_vec()).map_err(|_| DecodeError::InvalidUtf8 {
+            frame: self.frame,
+            field,
+        })
+    }
+    fn str8(&mut self, field: &'static str) -> Result<String, DecodeError> {
+        let len = self.u8(field)? as usize;
+        self.string(len, field)
+    }
+    fn str16(&mut self, field: &'static str) -> Result<String, DecodeError> {
+        let len = self.u16(field)? as usize;
+        self.string(len, field)
+    }
+    fn rest(&mut self) -> Bytes {
+        self.b.split_to(self.b.remaining())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(seq: u64, payload: &'static [u8]) -> Frame {
+        Frame::Update(Update {
+            topic_id: 7,
+            seq,
+            timestamp_us: 1,
+            flags: 0,
+            payload: Bytes::from_static(payload),
+        })
+    }
+
+    #[test]
+    fn encode_update_matches_frame_encoding() {
+        let via_frame = update(3, b"abc").to_bytes().unwrap();
+        assert_eq!(encode_update(7, 3, 1, 0, b"abc"), via_frame);
+        assert_eq!(via_frame.len(), UPDATE_HEADER_LEN + 3);
+    }
+
+    #[test]
+    fn frame_split_at_every_byte() {
+        let bytes = update(9, b"hello").to_bytes().unwrap();
+        for cut in 0..bytes.len() {
+            let mut d = Decoder::new(DEFAULT_MAX_FRAME);
+            d.feed(&bytes[..cut]);
+            assert_eq!(d.next_frame().unwrap(), None, "cut {cut}");
+            d.feed(&bytes[cut..]);
+            assert_eq!(d.next_frame().unwrap(), Some(update(9, b"hello")));
+            assert_eq!(d.next_frame().unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn many_frames_in_one_chunk() {
+        let mut all = BytesMut::new();
+        for i in 1..=100 {
+            update(i, b"x").encode(&mut all).unwrap();
+        }
+        let mut d = Decoder::new(DEFAULT_MAX_FRAME);
+        d.feed(&all);
+        for i in 1..=100 {
+            assert_eq!(d.next_frame().unwrap(), Some(update(i, b"x")));
+        }
+        assert_eq!(d.next_frame().unwrap(), None);
+        d.release_if_empty();
+        assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
+    fn oversize_is_refused_before_the_body_arrives() {
+        let mut d = Decoder::new(100);
+        d.feed(&[0, 0, 0, 101]);
+        assert_eq!(
+            d.next_frame(),
+            Err(DecodeError::FrameTooLarge { len: 101, max: 100 })
+        );
+        // Sticky: the stream position is lost.
+        d.feed(&[0, 0, 0, 1, 0x84]);
+        assert!(d.next_frame().is_err());
+    }
+
+    #[test]
+    fn unknown_type_and_empty_frame() {
+        let mut d = Decoder::new(100);
+        d.feed(&[0, 0, 0, 50, 0x42]);
+        assert_eq!(d.next_frame(), Err(DecodeError::UnknownFrameType(0x42)));
+        let mut d = Decoder::new(100);
+        d.feed(&[0, 0, 0, 0]);
+        assert_eq!(d.next_frame(), Err(DecodeError::EmptyFrame));
+    }
+
+    #[test]
+    fn truncated_and_trailing() {
+        // PING with a 4-byte nonce.
+        let mut d = Decoder::new(100);
+        d.feed(&[0, 0, 0, 5, 0x04, 1, 2, 3, 4]);
+        assert!(matches!(d.next_frame(), Err(DecodeError::Truncated { .. })));
+        // HEARTBEAT with a stray byte.
+        let mut d = Decoder::new(100);
+        d.feed(&[0, 0, 0, 2, 0x84, 0]);
+        assert!(matches!(
+            d.next_frame(),
+            Err(DecodeError::TrailingBytes { extra: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn huge_count_does_not_allocate_huge() {
+        // SUBSCRIBE claiming 65535 entries in a 7-byte body: truncated, and no big Vec.
+        let mut d = Decoder::new(100);
+        d.feed(&[0, 0, 0, 7, 0x02, 0, 0, 0, 1, 0xff, 0xff]);
+        assert!(matches!(d.next_frame(), Err(DecodeError::Truncated { .. })));
+    }
+
+    #[test]
+    fn long_fields_refuse_to_encode() {
+        let f = Frame::Publish(Publish {
+            flags: 0,
+            topic: "a".repeat(256),
+            payload: Bytes::new(),
+        });
+        let mut b = BytesMut::new();
+        assert!(matches!(
+            f.encode(&mut b),
+            Err(EncodeError::FieldTooLong { .. })
+        ));
+        assert!(b.is_empty());
+    }
+}

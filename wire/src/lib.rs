@@ -1,0 +1,26 @@
+//! # yorker-wire: protocol v1
+//!
+//! The binary protocol spoken between yorker engines, game clients and publishers, as
+//! specified in `docs/PROTOCOL.md`. This crate is sans-IO: it has no sockets and no clock.
+//! Bytes go in, typed [`Frame`]s come out, and frames encode into a [`bytes::BytesMut`].
+//!
+//! * [`frame`]: one type per frame, and the constants of the protocol.
+//! * [`codec`]: encoding, and the incremental [`Decoder`] that accepts any chunking.
+//! * [`error`]: [`DecodeError`], [`EncodeError`] and the [`ErrorCode`]s that travel on the wire.
+//! * [`topic`]: the topic-name rules.
+//! * [`score`]: the cricket score payload of the appendix.
+//!
+//! The decoder never panics and never allocates more than the frame it is decoding, whose
+//! size is capped by the negotiated maximum frame length.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod codec;
+pub mod error;
+pub mod frame;
+pub mod score;
+pub mod topic;
+
+pub use codec::{encode_update, Decoder};
+pub use error::{DecodeError, EncodeError, ErrorCode};
+pub use frame::*;

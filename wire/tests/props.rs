@@ -1,0 +1,208 @@
+//! Property tests: encode -> decode round trips under random chunking, and the decoder's
+//! behaviour on arbitrary bytes (the bounded stand-in for a fuzz target that CI always runs).
+
+use bytes::{Bytes, BytesMut};
+use proptest::prelude::*;
+use yorker_wire::*;
+
+fn text(max: usize) -> impl Strategy<Value = String> {
+    proptest::collection::vec(any::<char>(), 0..max)
+        .prop_map(|cs| cs.into_iter().collect::<String>())
+        .prop_filter("fits a str8", |s| s.len() <= 255)
+}
+
+fn payload() -> impl Strategy<Value = Bytes> {
+    proptest::collection::vec(any::<u8>(), 0..300).prop_map(Bytes::from)
+}
+
+fn frame() -> impl Strategy<Value = Frame> {
+    let entry = (
+        text(20),
+        proptest::option::of((any::<u64>(), any::<u64>())),
+        any::<bool>(),
+    )
+        .prop_map(|(topic, r, conflate)| SubscribeEntry {
+            topic,
+            resume: r.map(|(epoch, seq)| ResumeFrom { epoch, seq }),
+            conflate,
+        });
+    let result = prop_oneof![
+        Just(SubResult::Ok),
+        Just(SubResult::Resumed),
+        Just(SubResult::Reset),
+        Just(SubResult::AlreadySubscribed),
+        Just(SubResult::InvalidTopic),
+        Just(SubResult::LimitReached),
+        Just(SubResult::NotSubscribed),
+    ];
+    prop_oneof![
+        (any::<u16>(), any::<bool>(), text(30), text(30)).prop_map(
+            |(version, p, client_name, token)| {
+                Frame::Hello(Hello {
+                    version,
+                    role: if p { Role::Publisher } else { Role::Subscriber },
+                    client_name,
+                    token,
+                })
+            }
+        ),
+        (any::<u32>(), proptest::collection::vec(entry, 0..5)).prop_map(|(request_id, entries)| {
+            Frame::Subscribe(Subscribe {
+                request_id,
+                entries,
+            })
+        }),
+        (any::<u32>(), proptest::collection::vec(any::<u32>(), 0..10)).prop_map(
+            |(request_id, topic_ids)| Frame::Unsubscribe(Unsubscribe {
+                request_id,
+                topic_ids
+            })
+        ),
+        any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
+        (any::<u8>(), text(40), payload()).prop_map(|(flags, topic, payload)| Frame::Publish(
+            Publish {
+                flags,
+                topic,
+                payload
+            }
+        )),
+        (
+            any::<u16>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<[u32; 3]>()
+        )
+            .prop_map(
+                |(version, session_id, epoch, heartbeat_ms, l)| Frame::Welcome(Welcome {
+                    version,
+                    session_id,
+                    epoch,
+                    heartbeat_ms,
+                    limits: Limits {
+                        max_frame: l[0],
+                        max_subscriptions: l[1],
+                        outbox_limit: l[2]
+                    },
+                })
+            ),
+        (
+            any::<u32>(),
+            proptest::collection::vec((result, any::<u32>(), any::<u64>()), 0..5)
+        )
+            .prop_map(|(request_id, es)| Frame::SubAck(SubAck {
+                request_id,
+                entries: es
+                    .into_iter()
+                    .map(|(result, topic_id, seq)| SubAckEntry {
+                        result,
+                        topic_id,
+                        seq
+                    })
+                    .collect(),
+            })),
+        (
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u8>(),
+            payload()
+        )
+            .prop_map(
+                |(topic_id, seq, timestamp_us, flags, payload)| Frame::Update(Update {
+                    topic_id,
+                    seq,
+                    timestamp_us,
+                    flags,
+                    payload,
+                })
+            ),
+        Just(Frame::Heartbeat),
+        any::<u64>().prop_map(|nonce| Frame::Pong { nonce }),
+        (any::<u16>(), text(50))
+            .prop_map(|(code, message)| Frame::Error(ErrorFrame { code, message })),
+        (any::<u16>(), any::<u32>(), text(50)).prop_map(|(code, reconnect_after_ms, message)| {
+            Frame::GoAway(GoAway {
+                code,
+                reconnect_after_ms,
+                message,
+            })
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn round_trip_under_random_chunking(
+        frames in proptest::collection::vec(frame(), 1..20),
+        cuts in proptest::collection::vec(1usize..64, 1..50),
+    ) {
+        let mut stream = BytesMut::new();
+        for f in &frames {
+            f.encode(&mut stream).unwrap();
+        }
+        let mut d = Decoder::new(DEFAULT_MAX_FRAME);
+        let mut got = Vec::new();
+        let mut pos = 0;
+        let mut i = 0;
+        while pos < stream.len() {
+            let n = cuts[i % cuts.len()].min(stream.len() - pos);
+            d.feed(&stream[pos..pos + n]);
+            pos += n;
+            i += 1;
+            while let Some(f) = d.next_frame().unwrap() {
+                got.push(f);
+            }
+        }
+        prop_assert_eq!(got, frames);
+        prop_assert_eq!(d.buffered(), 0);
+    }
+
+    /// Arbitrary bytes: the decoder returns frames or a typed error, never panics, never
+    /// buffers more than one frame's worth beyond what it was fed, and after an error stays failed.
+    #[test]
+    fn arbitrary_bytes_never_panic(
+        chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 1..20),
+        max in 1u32..5000,
+    ) {
+        let mut d = Decoder::new(max);
+        let mut failed = false;
+        for c in &chunks {
+            d.feed(c);
+            loop {
+                match d.next_frame() {
+                    Ok(Some(f)) => {
+                        prop_assert!(!failed);
+                        // Whatever decodes must re-encode to something that decodes the same.
+                        let again = f.to_bytes().unwrap();
+                        let mut d2 = Decoder::new(u32::MAX);
+                        d2.feed(&again);
+                        prop_assert_eq!(d2.next_frame().unwrap(), Some(f));
+                    }
+                    Ok(None) => break,
+                    Err(_) => { failed = true; break; }
+                }
+            }
+            prop_assert!(d.buffered() <= max as usize + 4 + c.len());
+        }
+    }
+
+    /// Arbitrary bodies behind a valid prefix exercise every frame parser.
+    #[test]
+    fn arbitrary_bodies_of_every_type(t in prop::sample::select(vec![1u8,2,3,4,5,0x81,0x82,0x83,0x84,0x85,0x86,0x87]),
+                                      body in proptest::collection::vec(any::<u8>(), 0..100)) {
+        let mut b = Vec::new();
+        b.extend_from_slice(&((body.len() + 1) as u32).to_be_bytes());
+        b.push(t);
+        b.extend_from_slice(&body);
+        let mut d = Decoder::new(DEFAULT_MAX_FRAME);
+        d.feed(&b);
+        match d.next_frame() {
+            Ok(Some(f)) => prop_assert_eq!(f.frame_type(), t),
+            Ok(None) => prop_assert!(false, "a whole frame was fed"),
+            Err(e) => prop_assert!(matches!(e.code(), ErrorCode::MalformedFrame)),
+        }
+    }
+}
