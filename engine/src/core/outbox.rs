@@ -1,0 +1,299 @@
+//! A connection's outbox: the frames waiting for its next gathered send.
+//!
+//! Two lanes: urgent frames go out before every queued non-urgent frame. A newer update of a
+//! topic replaces an older one still waiting in the normal lane when the subscription conflates.
+//! Frames already handed to a send are no longer here, so nothing here ever splits a frame that
+//! is partly on the wire. The byte count covers every queued frame and never exceeds the limit
+//! (except the one final ERROR/GOAWAY frame a closing connection is allowed).
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+/// One queued frame.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The shared encoded frame.
+    pub frame: Bytes,
+    /// Topic id (0 for control frames: SUBACK, PONG, HEARTBEAT, ...).
+    pub topic: u32,
+    /// The update's sequence number (0 for control frames).
+    pub seq: u64,
+    /// May a newer update of the same topic replace this one while it waits?
+    pub conflatable: bool,
+}
+
+/// What `push` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Appended.
+    Queued,
+    /// Replaced an older unsent update of the same topic (a conflated skip for the client).
+    Conflated,
+    /// Refused: queuing it would exceed the limit. The slow-consumer policy decides what next.
+    Overflow,
+}
+
+/// A connection's queue of unsent frames.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    urgent: VecDeque<Entry>,
+    normal: VecDeque<Entry>,
+    bytes: usize,
+}
+
+impl Outbox {
+    /// Bytes queued.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Frames queued.
+    pub fn len(&self) -> usize {
+        self.urgent.len() + self.normal.len()
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.urgent.is_empty() && self.normal.is_empty()
+    }
+
+    /// Queues a non-urgent frame, replacing an older conflatable one of the same topic when
+    /// `e.conflatable`. Refuses (Overflow) when it would take the queue past `limit` bytes.
+    pub fn push(&mut self, e: Entry, limit: usize) -> Pushed {
+        if e.conflatable && e.topic != 0 {
+            if let Some(old) = self
+                .normal
+                .iter_mut()
+                .rev()
+                .find(|o| o.topic == e.topic && o.conflatable)
+            {
+                let grown = self.bytes - old.frame.len() + e.frame.len();
+                if grown > limit {
+                    return Pushed::Overflow;
+                }
+                self.bytes = grown;
+                *old = e;
+                return Pushed::Conflated;
+            }
+        }
+        if self.bytes + e.frame.len() > limit {
+            return Pushed::Overflow;
+        }
+        self.bytes += e.frame.len();
+        self.normal.push_back(e);
+        Pushed::Queued
+    }
+
+    /// Queues an urgent frame ahead of every non-urgent one. Older queued frames of the same
+    /// topic keep per-topic order: conflatable ones are dropped (counted in the return value),
+    /// the others move into the urgent lane just before it.
+    pub fn push_urgent(&mut self, e: Entry, limit: usize) -> (Pushed, usize) {
+        let superseded: usize = self
+            .normal
+            .iter()
+            .filter(|o| e.topic != 0 && o.topic == e.topic && o.conflatable)
+            .map(|o| o.frame.len())
+            .sum();
+        let after = self.bytes - superseded + e.frame.len();
+        if after > limit {
+            return (Pushed::Overflow, 0);
+        }
+        let mut dropped = 0;
+        if e.topic != 0 && self.normal.iter().any(|o| o.topic == e.topic) {
+            let mut keep = VecDeque::with_capacity(self.normal.len());
+            for o in self.normal.drain(..) {
+                if o.topic != e.topic {
+                    keep.push_back(o);
+                } else if o.conflatable {
+                    dropped += 1;
+                } else {
+                    self.urgent.push_back(o);
+                }
+            }
+            self.normal = keep;
+        }
+        self.bytes = after;
+        self.urgent.push_back(e);
+        (
+            if dropped > 0 {
+                Pushed::Conflated
+            } else {
+                Pushed::Queued
+            },
+            dropped,
+        )
+    }
+
+    /// Queues a connection's last frame (ERROR or GOAWAY) ahead of everything, beyond the limit.
+    pub fn push_final(&mut self, frame: Bytes) {
+        self.bytes += frame.len();
+        self.urgent.push_front(Entry {
+            frame,
+            topic: 0,
+            seq: 0,
+            conflatable: false,
+        });
+    }
+
+    /// Queues a frame after everything else, beyond the limit (GOAWAY: what is queued still
+    /// goes out first).
+    pub fn push_last(&mut self, frame: Bytes) {
+        self.bytes += frame.len();
+        self.normal.push_back(Entry {
+            frame,
+            topic: 0,
+            seq: 0,
+            conflatable: false,
+        });
+    }
+
+    /// Drops queued updates of `topic` (after UNSUBSCRIBE); returns the bytes freed.
+    pub fn remove_topic(&mut self, topic: u32) -> usize {
+        let mut freed = 0;
+        for lane in [&mut self.urgent, &mut self.normal] {
+            lane.retain(|e| {
+                let drop = e.topic == topic;
+                if drop {
+                    freed += e.frame.len();
+                }
+                !drop
+            });
+        }
+        self.bytes -= freed;
+        freed
+    }
+
+    /// Drops everything queued (a connection being aborted).
+    pub fn clear(&mut self) -> usize {
+        let b = self.bytes;
+        self.urgent.clear();
+        self.normal.clear();
+        self.bytes = 0;
+        // Give the memory back: a closed connection's slot may stay empty for long.
+        self.urgent.shrink_to_fit();
+        self.normal.shrink_to_fit();
+        b
+    }
+
+    /// Moves up to `max_frames` frames (urgent first) into `out` for one gathered send and
+    /// returns their bytes.
+    pub fn take_batch(&mut self, max_frames: usize, out: &mut Vec<Bytes>) -> usize {
+        let mut taken = 0;
+        while out.len() < max_frames {
+            let Some(e) = self.urgent.pop_front().or_else(|| self.normal.pop_front()) else {
+                break;
+            };
+            taken += e.frame.len();
+            out.push(e.frame);
+        }
+        self.bytes -= taken;
+        if self.is_empty() {
+            // An idle connection should hold no queue memory.
+            if self.urgent.capacity() > 4 {
+                self.urgent = VecDeque::new();
+            }
+            if self.normal.capacity() > 16 {
+                self.normal = VecDeque::new();
+            }
+        }
+        taken
+    }
+
+    /// The queued entries in send order (tests and diagnostics).
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.urgent.iter().chain(self.normal.iter())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(topic: u32, seq: u64, conflatable: bool) -> Entry {
+        Entry {
+            frame: Bytes::from(vec![topic as u8; 10]),
+            topic,
+            seq,
+            conflatable,
+        }
+    }
+
+    fn order(o: &Outbox) -> Vec<(u32, u64)> {
+        o.iter().map(|e| (e.topic, e.seq)).collect()
+    }
+
+    #[test]
+    fn conflation_replaces_only_unsent_frames_of_the_same_topic() {
+        let mut o = Outbox::default();
+        assert_eq!(o.push(e(1, 1, true), 1000), Pushed::Queued);
+        assert_eq!(o.push(e(2, 1, true), 1000), Pushed::Queued);
+        assert_eq!(o.push(e(1, 2, true), 1000), Pushed::Conflated);
+        assert_eq!(order(&o), vec![(1, 2), (2, 1)]);
+        // Once taken for sending, a frame is no longer replaceable.
+        let mut out = Vec::new();
+        o.take_batch(1, &mut out);
+        assert_eq!(o.push(e(1, 3, true), 1000), Pushed::Queued);
+        assert_eq!(order(&o), vec![(2, 1), (1, 3)]);
+        // Non-conflating subscriptions queue everything.
+        assert_eq!(o.push(e(3, 1, false), 1000), Pushed::Queued);
+        assert_eq!(o.push(e(3, 2, false), 1000), Pushed::Queued);
+        assert_eq!(o.len(), 4);
+    }
+
+    #[test]
+    fn urgent_jumps_the_queue_and_keeps_topic_order() {
+        let mut o = Outbox::default();
+        o.push(e(1, 1, true), 1000);
+        o.push(e(2, 1, false), 1000);
+        o.push(e(3, 1, true), 1000);
+        // Urgent on topic 1 drops the conflatable older frame of topic 1.
+        assert_eq!(o.push_urgent(e(1, 2, false), 1000), (Pushed::Conflated, 1));
+        // Urgent on topic 2 carries the non-conflatable older frame of topic 2 ahead with it.
+        assert_eq!(o.push_urgent(e(2, 2, false), 1000), (Pushed::Queued, 0));
+        assert_eq!(order(&o), vec![(1, 2), (2, 1), (2, 2), (3, 1)]);
+        assert_eq!(o.bytes(), 40);
+    }
+
+    #[test]
+    fn urgent_never_splits_a_frame_in_flight() {
+        let mut o = Outbox::default();
+        o.push(e(1, 1, true), 1000);
+        o.push(e(2, 1, true), 1000);
+        let mut inflight = Vec::new();
+        o.take_batch(8, &mut inflight);
+        o.push_urgent(e(3, 1, false), 1000);
+        // The in-flight batch is untouched; the urgent frame is next.
+        assert_eq!(inflight.len(), 2);
+        assert_eq!(order(&o), vec![(3, 1)]);
+    }
+
+    #[test]
+    fn bytes_never_exceed_the_limit() {
+        let mut o = Outbox::default();
+        for seq in 1..=5 {
+            let r = o.push(e(seq as u32, seq, false), 35);
+            assert_eq!(
+                r,
+                if seq <= 3 {
+                    Pushed::Queued
+                } else {
+                    Pushed::Overflow
+                }
+            );
+            assert!(o.bytes() <= 35);
+        }
+        assert_eq!(o.push_urgent(e(9, 1, false), 35).0, Pushed::Overflow);
+        assert_eq!(o.bytes(), 30);
+        // Conflation within the limit still works when full.
+        assert_eq!(o.push(e(1, 2, false), 35), Pushed::Overflow);
+        o.push_final(Bytes::from_static(b"goaway"));
+        assert_eq!(
+            o.iter().next().unwrap().frame,
+            Bytes::from_static(b"goaway")
+        );
+        let mut out = Vec::new();
+        assert_eq!(o.take_batch(100, &mut out), 36);
+        assert_eq!(o.bytes(), 0);
+    }
+}

@@ -1,0 +1,920 @@
+//! `ShardCore`: one shard's connections, sessions, outboxes and subscriber index.
+//!
+//! The driver tells it what happened (a connection opened, bytes arrived, a send completed, an
+//! update came over the bus, time passed) and asks it what to do (which connections have
+//! frames to send, which must be closed). It never touches a socket.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use yorker_wire::codec::decode_one;
+use yorker_wire::{
+    frame::{update_flags, HANDSHAKE_MAX_FRAME, PROTOCOL_VERSION, UPDATE_HEADER_LEN},
+    topic, DecodeError, ErrorCode, ErrorFrame, Frame, GoAway, Limits, Role, SubAck, SubAckEntry,
+    SubResult, Welcome,
+};
+
+use super::outbox::{Entry, Outbox, Pushed};
+use super::subscribers::SubIndex;
+use super::topic::{Registry, UpdateMsg};
+use super::{Bus, Now};
+
+/// What happens to a connection whose outbox is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowPolicy {
+    /// Honour each subscription's conflation (newest replaces an unsent older update), so a slow
+    /// reader costs at most its topics x frame size; close it only if it still overflows
+    /// (non-conflating subscriptions, urgent backlog).
+    Conflate,
+    /// Never conflate; close a connection as soon as its outbox is full.
+    Disconnect,
+}
+
+/// Settings of the core (validated by the CLI).
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Connections this shard accepts; the next ones get ERROR server_full.
+    pub max_connections: usize,
+    /// Maximum frame length in both directions (announced in WELCOME).
+    pub max_frame: u32,
+    /// Subscriptions per connection.
+    pub max_subscriptions: u32,
+    /// Outbox bytes per connection.
+    pub outbox_limit: usize,
+    /// Outbox bytes over all connections of the shard.
+    pub shard_outbox_cap: usize,
+    /// Slow-consumer policy.
+    pub slow_policy: SlowPolicy,
+    /// HELLO must arrive within this many ms.
+    pub handshake_timeout_ms: u64,
+    /// Heartbeat interval; silence for 3 intervals closes.
+    pub heartbeat_ms: u64,
+    /// A send not completed within this many ms closes the connection.
+    pub write_timeout_ms: u64,
+    /// Publishers must present this key; `None` refuses every publisher.
+    pub publisher_key: Option<String>,
+    /// Frames gathered into one send at most (iovec entries).
+    pub max_frames_per_send: usize,
+    /// GOAWAY reconnect hint: base ms, plus up to `goaway_jitter_ms` at random.
+    pub goaway_base_ms: u32,
+    /// Spread of the reconnect hint.
+    pub goaway_jitter_ms: u32,
+    /// How long a closing connection may take to flush its last frames.
+    pub drain_ms: u64,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            max_connections: 10_000,
+            max_frame: yorker_wire::DEFAULT_MAX_FRAME,
+            max_subscriptions: 64,
+            outbox_limit: 256 * 1024,
+            shard_outbox_cap: 512 * 1024 * 1024,
+            slow_policy: SlowPolicy::Conflate,
+            handshake_timeout_ms: 5_000,
+            heartbeat_ms: 15_000,
+            write_timeout_ms: 10_000,
+            publisher_key: None,
+            max_frames_per_send: 64,
+            goaway_base_ms: 1_000,
+            goaway_jitter_ms: 4_000,
+            drain_ms: 2_000,
+        }
+    }
+}
+
+/// Counters of one shard (monotonic unless noted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Open connections (gauge).
+    pub connections: u64,
+    /// Subscriptions (gauge).
+    pub subscriptions: u64,
+    /// Bytes in all outboxes (gauge).
+    pub outbox_bytes: u64,
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections refused with server_full.
+    pub refused_full: u64,
+    /// PUBLISH frames accepted from this shard's publishers.
+    pub updates_in: u64,
+    /// Updates received over the bus.
+    pub updates_fanned_out: u64,
+    /// Frames queued for subscribers (updates, snapshots, replays).
+    pub deliveries: u64,
+    /// Queued updates replaced by a newer one.
+    pub conflated: u64,
+    /// Urgent frames queued.
+    pub urgent: u64,
+    /// Connections closed as slow consumers.
+    pub slow_disconnects: u64,
+    /// Of which because the shard's cap was hit.
+    pub cap_disconnects: u64,
+    /// Connections closed after an ERROR.
+    pub errors_sent: u64,
+    /// Connections closed because a send did not complete in time.
+    pub write_timeouts: u64,
+    /// HEARTBEAT frames sent.
+    pub heartbeats: u64,
+    /// Gathered sends started.
+    pub sends: u64,
+    /// Frames in those sends.
+    pub frames_sent: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitHello,
+    Active(Role),
+    /// Last frame queued; close once flushed or at the deadline.
+    Draining {
+        deadline_ms: u64,
+    },
+    /// Handed to the driver to close.
+    Closed,
+}
+
+/// One connection's session state.
+#[derive(Debug)]
+struct Conn {
+    session_id: u64,
+    phase: Phase,
+    pending: BytesMut,
+    outbox: Outbox,
+    sending: bool,
+    in_ready: bool,
+    opened_ms: u64,
+    last_rx_ms: u64,
+    last_tx_ms: u64,
+    send_started_ms: u64,
+}
+
+/// A connection the driver must close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseOrder {
+    /// The connection.
+    pub slot: u32,
+    /// True when a send may still be in flight and must be cancelled (write timeout, drain
+    /// deadline); false when everything queued was sent.
+    pub abort: bool,
+}
+
+/// One shard's sans-IO state.
+pub struct ShardCore {
+    cfg: Arc<CoreConfig>,
+    pub(crate) registry: Arc<Registry>,
+    bus: Arc<dyn Bus>,
+    conns: Vec<Option<Conn>>,
+    index: SubIndex,
+    ready: Vec<u32>,
+    closing: Vec<CloseOrder>,
+    stats: CoreStats,
+    total_outbox: usize,
+    rng: u64,
+    heartbeat_frame: Bytes,
+    shutting_down: bool,
+    overflowed: Vec<u32>,
+}
+
+impl std::fmt::Debug for ShardCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardCore")
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardCore {
+    /// A shard with no connections.
+    pub fn new(
+        cfg: Arc<CoreConfig>,
+        registry: Arc<Registry>,
+        bus: Arc<dyn Bus>,
+        seed: u64,
+    ) -> Self {
+        ShardCore {
+            cfg,
+            registry,
+            bus,
+            conns: Vec::new(),
+            index: SubIndex::default(),
+            ready: Vec::new(),
+            closing: Vec::new(),
+            stats: CoreStats::default(),
+            total_outbox: 0,
+            rng: seed | 1,
+            heartbeat_frame: Frame::Heartbeat.to_bytes().expect("heartbeat encodes"),
+            shutting_down: false,
+            overflowed: Vec::new(),
+        }
+    }
+
+    /// Counters, with the gauges filled in.
+    pub fn stats(&self) -> CoreStats {
+        let mut s = self.stats;
+        s.subscriptions = self.index.total() as u64;
+        s.outbox_bytes = self.total_outbox as u64;
+        s
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    /// Open connections.
+    pub fn connections(&self) -> usize {
+        self.stats.connections as usize
+    }
+
+    /// True while `slot` holds a connection (closing ones included).
+    pub fn is_open(&self, slot: u32) -> bool {
+        matches!(self.conns.get(slot as usize), Some(Some(_)))
+    }
+
+    /// Queued outbox bytes of `slot` (tests, diagnostics).
+    pub fn outbox_bytes(&self, slot: u32) -> usize {
+        self.conn(slot).map(|c| c.outbox.bytes()).unwrap_or(0)
+    }
+
+    fn conn(&self, slot: u32) -> Option<&Conn> {
+        self.conns.get(slot as usize)?.as_ref()
+    }
+
+    fn next_rand(&mut self) -> u64 {
+        // xorshift64*: reconnect jitter only, no need for a crypto RNG.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Events from the driver
+    // -----------------------------------------------------------------------------------------
+
+    /// A connection was accepted into `slot`. Over the cap it is told `server_full` and closed.
+    pub fn open(&mut self, slot: u32, now: Now) {
+        if self.conns.len() <= slot as usize {
+            self.conns.resize_with(slot as usize + 1, || None);
+        }
+        debug_assert!(
+            self.conns[slot as usize].is_none(),
+            "slot {slot} reused while open"
+        );
+        self.conns[slot as usize] = Some(Conn {
+            session_id: 0,
+            phase: Phase::AwaitHello,
+            pending: BytesMut::new(),
+            outbox: Outbox::default(),
+            sending: false,
+            in_ready: false,
+            opened_ms: now.ms,
+            last_rx_ms: now.ms,
+            last_tx_ms: now.ms,
+            send_started_ms: 0,
+        });
+        self.stats.connections += 1;
+        self.stats.accepted += 1;
+        if self.shutting_down {
+            self.fail(
+                slot,
+                ErrorCode::ShuttingDown,
+                "server is shutting down",
+                now,
+            );
+        } else if self.stats.connections as usize > self.cfg.max_connections {
+            self.stats.refused_full += 1;
+            self.fail(
+                slot,
+                ErrorCode::ServerFull,
+                "connection limit of this core reached",
+                now,
+            );
+        }
+    }
+
+    /// Bytes arrived on `slot`.
+    pub fn on_bytes(&mut self, slot: u32, data: &[u8], now: Now) {
+        let Some(c) = self.conns.get_mut(slot as usize).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        if !matches!(c.phase, Phase::AwaitHello | Phase::Active(_)) {
+            return; // closing: ignore input
+        }
+        c.last_rx_ms = now.ms;
+        let max = if c.phase == Phase::AwaitHello {
+            HANDSHAKE_MAX_FRAME.min(self.cfg.max_frame)
+        } else {
+            self.cfg.max_frame
+        };
+        c.pending.extend_from_slice(data);
+        loop {
+            let c = self.conns[slot as usize].as_mut().expect("checked");
+            if !matches!(c.phase, Phase::AwaitHello | Phase::Active(_)) {
+                break;
+            }
+            // The limit can change after HELLO, so re-read it for every frame.
+            let max = if c.phase == Phase::AwaitHello {
+                max
+            } else {
+                self.cfg.max_frame
+            };
+            match decode_one(&mut c.pending, max) {
+                Ok(Some(frame)) => self.on_frame(slot, frame, now),
+                Ok(None) => break,
+                Err(e) => {
+                    let msg = e.to_string();
+                    self.fail(slot, decode_error_code(&e), &msg, now);
+                    break;
+                }
+            }
+        }
+        if let Some(c) = self.conns[slot as usize].as_mut() {
+            if c.pending.is_empty() && c.pending.capacity() > 0 {
+                // Idle connections keep no receive memory.
+                c.pending = BytesMut::new();
+            }
+        }
+    }
+
+    /// The peer closed its side, or the socket failed: close without a final frame.
+    pub fn on_peer_closed(&mut self, slot: u32) {
+        self.abort(slot);
+    }
+
+    /// The driver takes up to `max_frames` frames of `slot` into `out` for one gathered send.
+    pub fn take_send(&mut self, slot: u32, out: &mut Vec<Bytes>, now: Now) -> usize {
+        let max = self.cfg.max_frames_per_send;
+        let Some(c) = self.conns.get_mut(slot as usize).and_then(|c| c.as_mut()) else {
+            return 0;
+        };
+        c.in_ready = false;
+        if c.sending || c.phase == Phase::Closed {
+            return 0;
+        }
+        let n = c.outbox.take_batch(max, out);
+        if n > 0 {
+            c.sending = true;
+            c.send_started_ms = now.ms;
+            c.last_tx_ms = now.ms;
+            self.total_outbox -= n;
+            self.stats.sends += 1;
+            self.stats.frames_sent += out.len() as u64;
+        }
+        n
+    }
+
+    /// The send of `slot` completed (all of it: the driver resumes short sends itself).
+    pub fn on_send_done(&mut self, slot: u32, now: Now) {
+        let Some(c) = self.conns.get_mut(slot as usize).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        c.sending = false;
+        c.last_tx_ms = now.ms;
+        if !c.outbox.is_empty() {
+            if !c.in_ready {
+                c.in_ready = true;
+                self.ready.push(slot);
+            }
+        } else if matches!(c.phase, Phase::Draining { .. }) {
+            c.phase = Phase::Closed;
+            self.closing.push(CloseOrder { slot, abort: false });
+        }
+    }
+
+    /// The send of `slot` failed: the connection is gone.
+    pub fn on_send_failed(&mut self, slot: u32) {
+        if let Some(c) = self.conns.get_mut(slot as usize).and_then(|c| c.as_mut()) {
+            c.sending = false;
+        }
+        self.abort(slot);
+    }
+
+    /// The driver finished closing `slot`: forget it.
+    pub fn remove(&mut self, slot: u32) {
+        if let Some(c) = self.conns.get_mut(slot as usize).and_then(|c| c.take()) {
+            self.total_outbox -= c.outbox.bytes();
+            self.index.remove_conn(slot);
+            self.stats.connections -= 1;
+        }
+    }
+
+    /// An update arrived over the bus: queue it for every subscriber of this shard (every
+    /// subscriber-role connection when it is a broadcast).
+    pub fn on_update(&mut self, msg: &UpdateMsg, now: Now) {
+        self.stats.updates_fanned_out += 1;
+        let urgent = msg.flags & update_flags::URGENT != 0;
+        // Failures change the subscriber list, so they wait until the fan-out is done.
+        let mut overflowed = std::mem::take(&mut self.overflowed);
+        if msg.flags & update_flags::BROADCAST != 0 {
+            for slot in 0..self.conns.len() as u32 {
+                let subscriber = matches!(
+                    self.conn(slot).map(|c| c.phase),
+                    Some(Phase::Active(Role::Subscriber))
+                );
+                if (subscriber || self.index.get_mut(slot, msg.topic).is_some())
+                    && !self.deliver(slot, msg, urgent)
+                {
+                    overflowed.push(slot);
+                }
+            }
+        } else {
+            let n = self.index.subscribers(msg.topic).len();
+            // Rotate where each fan-out starts so no connection is always served last.
+            let start = if n == 0 { 0 } else { (msg.seq as usize) % n };
+            for i in 0..n {
+                let slot = self.index.subscribers(msg.topic)[(start + i) % n];
+                if !self.deliver(slot, msg, urgent) {
+                    overflowed.push(slot);
+                }
+            }
+        }
+        for slot in overflowed.drain(..) {
+            self.stats.slow_disconnects += 1;
+            self.fail(slot, ErrorCode::SlowConsumer, "outbox limit reached", now);
+        }
+        self.overflowed = overflowed;
+        self.enforce_shard_cap(now);
+    }
+
+    /// Queues `msg` on `slot`; false when the outbox refused it (the caller fails the slot).
+    fn deliver(&mut self, slot: u32, msg: &UpdateMsg, urgent: bool) -> bool {
+        let conflate_sub = match self.index.get_mut(slot, msg.topic) {
+            Some(sub) => {
+                if msg.seq <= sub.last_seq {
+                    return true; // already queued as part of a snapshot or replay
+                }
+                sub.last_seq = msg.seq;
+                sub.conflate
+            }
+            None => false, // broadcast to a non-subscriber: never conflated
+        };
+        let limit = self.cfg.outbox_limit;
+        let conflatable = conflate_sub && self.cfg.slow_policy == SlowPolicy::Conflate;
+        let Some(c) = self.conns.get_mut(slot as usize).and_then(|c| c.as_mut()) else {
+            return true;
+        };
+        if !matches!(c.phase, Phase::Active(_)) {
+            return true;
+        }
+        let before = c.outbox.bytes();
+        let e = Entry {
+            frame: msg.frame.clone(),
+            topic: msg.topic,
+            seq: msg.seq,
+            conflatable,
+        };
+        let pushed = if urgent {
+            let (p, dropped) = c.outbox.push_urgent(e, limit);
+            self.stats.conflated += dropped as u64;
+            if p != Pushed::Overflow {
+                self.stats.urgent += 1;
+            }
+            p
+        } else {
+            let p = c.outbox.push(e, limit);
+            if p == Pushed::Conflated {
+                self.stats.conflated += 1;
+            }
+            p
+        };
+        let after = c.outbox.bytes();
+        self.total_outbox = self.total_outbox + after - before;
+        if pushed == Pushed::Overflow {
+            return false;
+        }
+        self.stats.deliveries += 1;
+        self.mark_ready(slot);
+        true
+    }
+
+    /// Time passed: handshake and heartbeat timeouts, heartbeats, write timeouts, drain
+    /// deadlines.
+    pub fn on_tick(&mut self, now: Now) {
+        let hb = self.cfg.heartbeat_ms;
+        for slot in 0..self.conns.len() as u32 {
+            let Some(c) = self.conns[slot as usize].as_mut() else {
+                continue;
+            };
+            match c.phase {
+                Phase::Closed => continue,
+                Phase::Draining { deadline_ms } => {
+                    if now.ms >= deadline_ms {
+                        self.abort(slot);
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            if c.sending && now.ms.saturating_sub(c.send_started_ms) >= self.cfg.write_timeout_ms {
+                self.stats.write_timeouts += 1;
+                self.abort(slot);
+                continue;
+            }
+            if c.phase == Phase::AwaitHello {
+                if now.ms.saturating_sub(c.opened_ms) >= self.cfg.handshake_timeout_ms {
+                    self.fail(slot, ErrorCode::HandshakeTimeout, "no HELLO in time", now);
+                }
+                continue;
+            }
+            if now.ms.saturating_sub(c.last_rx_ms) >= 3 * hb {
+                self.fail(
+                    slot,
+                    ErrorCode::HeartbeatTimeout,
+                    "silent for three heartbeat intervals",
+                    now,
+                );
+                continue;
+            }
+            if !c.sending && c.outbox.is_empty() && now.ms.saturating_sub(c.last_tx_ms) >= hb {
+                let f = self.heartbeat_frame.clone();
+                self.push_control(slot, f);
+                self.stats.heartbeats += 1;
+            }
+        }
+    }
+
+    /// Graceful shutdown: GOAWAY with a jittered reconnect hint to every connection, then close
+    /// each once flushed (or at the drain deadline). New connections are refused.
+    pub fn begin_shutdown(&mut self, now: Now) {
+        self.shutting_down = true;
+        for slot in 0..self.conns.len() as u32 {
+            let Some(phase) = self.conn(slot).map(|c| c.phase) else {
+                continue;
+            };
+            match phase {
+                Phase::Active(_) => {
+                    let jitter = (self.next_rand() % (self.cfg.goaway_jitter_ms as u64 + 1)) as u32;
+                    let f = Frame::GoAway(GoAway {
+                        code: ErrorCode::ShuttingDown as u16,
+                        reconnect_after_ms: self.cfg.goaway_base_ms + jitter,
+                        message: "server shutting down".into(),
+                    })
+                    .to_bytes()
+                    .expect("goaway encodes");
+                    self.index.remove_conn(slot);
+                    let c = self.conns[slot as usize].as_mut().expect("checked");
+                    c.outbox.push_last(f.clone());
+                    self.total_outbox += f.len();
+                    c.phase = Phase::Draining {
+                        deadline_ms: now.ms + self.cfg.drain_ms,
+                    };
+                    self.mark_ready(slot);
+                    self.close_if_flushed(slot);
+                }
+                Phase::AwaitHello => self.abort(slot),
+                _ => {}
+            }
+        }
+    }
+
+    /// True once shutdown began and every connection is gone.
+    pub fn shutdown_complete(&self) -> bool {
+        self.shutting_down && self.stats.connections == 0
+    }
+
+    /// Connections with frames to send and no send in flight (drained by the driver).
+    pub fn take_ready(&mut self, out: &mut Vec<u32>) {
+        out.append(&mut self.ready);
+    }
+
+    /// Connections to close (drained by the driver).
+    pub fn take_closing(&mut self, out: &mut Vec<CloseOrder>) {
+        out.append(&mut self.closing);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Frames from clients
+    // -----------------------------------------------------------------------------------------
+
+    fn on_frame(&mut self, slot: u32, frame: Frame, now: Now) {
+        let phase = self.conn(slot).map(|c| c.phase);
+        match (phase, frame) {
+            (Some(Phase::AwaitHello), Frame::Hello(h)) => self.on_hello(slot, h, now),
+            (Some(Phase::AwaitHello), f) => {
+                let msg = format!("{} before HELLO", f.name());
+                self.fail(slot, ErrorCode::UnexpectedFrame, &msg, now)
+            }
+            (Some(Phase::Active(_)), Frame::Hello(_)) => {
+                self.fail(slot, ErrorCode::UnexpectedFrame, "second HELLO", now)
+            }
+            (Some(Phase::Active(_)), Frame::Subscribe(s)) => self.on_subscribe(slot, s, now),
+            (Some(Phase::Active(_)), Frame::Unsubscribe(u)) => self.on_unsubscribe(slot, u),
+            (Some(Phase::Active(_)), Frame::Ping { nonce }) => {
+                let f = Frame::Pong { nonce }.to_bytes().expect("pong encodes");
+                self.push_control(slot, f);
+            }
+            (Some(Phase::Active(role)), Frame::Publish(p)) => self.on_publish(slot, role, p, now),
+            (Some(Phase::Active(_)), f) => {
+                let msg = format!("{} is a server frame", f.name());
+                self.fail(slot, ErrorCode::UnexpectedFrame, &msg, now)
+            }
+            _ => {}
+        }
+    }
+
+    fn on_hello(&mut self, slot: u32, h: yorker_wire::Hello, now: Now) {
+        if h.version == 0 {
+            return self.fail(
+                slot,
+                ErrorCode::UnsupportedVersion,
+                "version 0 does not exist",
+                now,
+            );
+        }
+        if h.role == Role::Publisher {
+            match &self.cfg.publisher_key {
+                None => {
+                    return self.fail(
+                        slot,
+                        ErrorCode::AuthFailed,
+                        "this server accepts no publishers (no publisher key set)",
+                        now,
+                    )
+                }
+                Some(k) if !constant_time_eq(k.as_bytes(), h.token.as_bytes()) => {
+                    return self.fail(slot, ErrorCode::AuthFailed, "wrong publisher key", now)
+                }
+                Some(_) => {}
+            }
+        }
+        let session_id = self.registry.next_session_id();
+        let welcome = Frame::Welcome(Welcome {
+            version: h.version.min(PROTOCOL_VERSION),
+            session_id,
+            epoch: self.registry.epoch(),
+            heartbeat_ms: self.cfg.heartbeat_ms as u32,
+            limits: Limits {
+                max_frame: self.cfg.max_frame,
+                max_subscriptions: self.cfg.max_subscriptions,
+                outbox_limit: self.cfg.outbox_limit as u32,
+            },
+        })
+        .to_bytes()
+        .expect("welcome encodes");
+        let c = self.conns[slot as usize].as_mut().expect("open");
+        c.session_id = session_id;
+        c.phase = Phase::Active(h.role);
+        self.push_control(slot, welcome);
+    }
+
+    fn on_subscribe(&mut self, slot: u32, s: yorker_wire::Subscribe, now: Now) {
+        let mut acks = Vec::with_capacity(s.entries.len());
+        let mut frames: Vec<(u32, Bytes)> = Vec::new();
+        for e in s.entries {
+            let ack = |result, topic_id, seq| SubAckEntry {
+                result,
+                topic_id,
+                seq,
+            };
+            if topic::validate(&e.topic).is_err() {
+                acks.push(ack(SubResult::InvalidTopic, 0, 0));
+                continue;
+            }
+            let Ok(t) = self.registry.get_or_create(&e.topic) else {
+                acks.push(ack(SubResult::LimitReached, 0, 0));
+                continue;
+            };
+            if let Some(sub) = self.index.get_mut(slot, t.id) {
+                let seq = sub.last_seq;
+                acks.push(ack(SubResult::AlreadySubscribed, t.id, seq));
+                continue;
+            }
+            if self.index.of_conn(slot).len() >= self.cfg.max_subscriptions as usize {
+                acks.push(ack(SubResult::LimitReached, t.id, 0));
+                continue;
+            }
+            let start = self.registry.start_subscription(&t, e.resume);
+            self.index.add(slot, t.id, e.conflate, start.seq);
+            acks.push(ack(start.result, t.id, start.seq));
+            frames.extend(start.frames.into_iter().map(|f| (t.id, f)));
+        }
+        let suback = Frame::SubAck(SubAck {
+            request_id: s.request_id,
+            entries: acks,
+        });
+        match suback.to_bytes() {
+            Ok(f) => self.push_control(slot, f),
+            Err(_) => return self.fail(slot, ErrorCode::MalformedFrame, "too many entries", now),
+        }
+        // Snapshots and replays go in the urgent lane right behind the SUBACK, so that a later
+        // urgent live update cannot overtake them; they are never conflated.
+        for (topic, frame) in frames {
+            let limit = self.cfg.outbox_limit;
+            let Some(c) = self.conns[slot as usize].as_mut() else {
+                return;
+            };
+            let len = frame.len();
+            let e = Entry {
+                frame,
+                topic,
+                seq: 0,
+                conflatable: false,
+            };
+            if c.outbox.push_urgent(e, limit).0 == Pushed::Overflow {
+                self.stats.slow_disconnects += 1;
+                return self.fail(
+                    slot,
+                    ErrorCode::SlowConsumer,
+                    "replay exceeds the outbox limit",
+                    now,
+                );
+            }
+            self.total_outbox += len;
+            self.stats.deliveries += 1;
+        }
+        self.mark_ready(slot);
+    }
+
+    fn on_unsubscribe(&mut self, slot: u32, u: yorker_wire::Unsubscribe) {
+        let mut acks = Vec::with_capacity(u.topic_ids.len());
+        for id in u.topic_ids {
+            let seq = self.index.get_mut(slot, id).map(|s| s.last_seq);
+            let result = if self.index.remove(slot, id) {
+                // Nothing of this topic may follow the SUBACK.
+                let c = self.conns[slot as usize].as_mut().expect("open");
+                self.total_outbox -= c.outbox.remove_topic(id);
+                SubResult::Ok
+            } else {
+                SubResult::NotSubscribed
+            };
+            acks.push(SubAckEntry {
+                result,
+                topic_id: id,
+                seq: seq.unwrap_or(0),
+            });
+        }
+        let f = Frame::SubAck(SubAck {
+            request_id: u.request_id,
+            entries: acks,
+        })
+        .to_bytes()
+        .expect("at most as many entries as the request");
+        self.push_control(slot, f);
+    }
+
+    fn on_publish(&mut self, slot: u32, role: Role, p: yorker_wire::Publish, now: Now) {
+        if role != Role::Publisher {
+            return self.fail(
+                slot,
+                ErrorCode::NotPublisher,
+                "publish needs role publisher",
+                now,
+            );
+        }
+        if let Err(e) = topic::validate(&p.topic) {
+            let msg = e.to_string();
+            return self.fail(slot, ErrorCode::InvalidTopic, &msg, now);
+        }
+        if p.payload.len() + UPDATE_HEADER_LEN - 4 > self.cfg.max_frame as usize {
+            return self.fail(
+                slot,
+                ErrorCode::FrameTooLarge,
+                "payload too large for an UPDATE",
+                now,
+            );
+        }
+        let t = match self.registry.get_or_create(&p.topic) {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = e.to_string();
+                return self.fail(slot, ErrorCode::TopicLimit, &msg, now);
+            }
+        };
+        self.stats.updates_in += 1;
+        let bus = self.bus.clone();
+        self.registry
+            .publish(&t, p.flags, &p.payload, now.unix_us, &mut |m| {
+                bus.publish(m)
+            });
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Helpers
+    // -----------------------------------------------------------------------------------------
+
+    fn mark_ready(&mut self, slot: u32) {
+        if let Some(c) = self.conns.get_mut(slot as usize).and_then(|c| c.as_mut()) {
+            if !c.sending && !c.in_ready && !c.outbox.is_empty() {
+                c.in_ready = true;
+                self.ready.push(slot);
+            }
+        }
+    }
+
+    /// Queues a small control frame (WELCOME, SUBACK, PONG, HEARTBEAT) in the urgent lane.
+    fn push_control(&mut self, slot: u32, f: Bytes) {
+        let limit = self.cfg.outbox_limit;
+        let Some(c) = self.conns.get_mut(slot as usize).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        let len = f.len();
+        let e = Entry {
+            frame: f,
+            topic: 0,
+            seq: 0,
+            conflatable: false,
+        };
+        if c.outbox.push_urgent(e, limit).0 == Pushed::Overflow {
+            self.stats.slow_disconnects += 1;
+            self.abort(slot);
+            return;
+        }
+        self.total_outbox += len;
+        self.mark_ready(slot);
+    }
+
+    /// ERROR with `code`, then close once flushed (or at the drain deadline).
+    fn fail(&mut self, slot: u32, code: ErrorCode, message: &str, now: Now) {
+        let Some(c) = self.conns.get_mut(slot as usize).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        if !matches!(c.phase, Phase::AwaitHello | Phase::Active(_)) {
+            return;
+        }
+        let f = Frame::Error(ErrorFrame {
+            code: code as u16,
+            message: message.chars().take(200).collect(),
+        })
+        .to_bytes()
+        .expect("short error encodes");
+        // What was queued no longer matters: the connection is ending.
+        self.total_outbox -= c.outbox.clear();
+        self.total_outbox += f.len();
+        c.outbox.push_final(f);
+        c.phase = Phase::Draining {
+            deadline_ms: now.ms + self.cfg.drain_ms,
+        };
+        self.stats.errors_sent += 1;
+        self.index.remove_conn(slot);
+        self.mark_ready(slot);
+        self.close_if_flushed(slot);
+    }
+
+    fn close_if_flushed(&mut self, slot: u32) {
+        if let Some(c) = self.conns.get_mut(slot as usize).and_then(|c| c.as_mut()) {
+            if matches!(c.phase, Phase::Draining { .. }) && !c.sending && c.outbox.is_empty() {
+                c.phase = Phase::Closed;
+                self.closing.push(CloseOrder { slot, abort: false });
+            }
+        }
+    }
+
+    /// Close now, dropping whatever is queued.
+    fn abort(&mut self, slot: u32) {
+        let Some(c) = self.conns.get_mut(slot as usize).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        if c.phase == Phase::Closed {
+            return;
+        }
+        self.total_outbox -= c.outbox.clear();
+        c.phase = Phase::Closed;
+        let abort = c.sending;
+        self.index.remove_conn(slot);
+        self.closing.push(CloseOrder { slot, abort });
+    }
+
+    /// Over the shard's cap, close the largest outboxes first until back under 90% of it.
+    fn enforce_shard_cap(&mut self, now: Now) {
+        if self.total_outbox <= self.cfg.shard_outbox_cap {
+            return;
+        }
+        let mut big: Vec<(usize, u32)> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().map(|c| (c.outbox.bytes(), i as u32)))
+            .filter(|&(b, _)| b > 0)
+            .collect();
+        big.sort_unstable_by(|a, b| b.cmp(a));
+        let target = self.cfg.shard_outbox_cap / 10 * 9;
+        for (_, slot) in big {
+            if self.total_outbox <= target {
+                break;
+            }
+            self.stats.slow_disconnects += 1;
+            self.stats.cap_disconnects += 1;
+            self.fail(
+                slot,
+                ErrorCode::SlowConsumer,
+                "server memory cap reached",
+                now,
+            );
+        }
+    }
+}
+
+fn decode_error_code(e: &DecodeError) -> ErrorCode {
+    e.code()
+}
+
+/// Compares secrets without an early exit that would leak their common prefix length.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,363 @@
+//! The topic registry, shared by every shard: name -> id, per-topic sequence numbers, the latest
+//! value, a bounded history for resume, and cached snapshot frames.
+//!
+//! An update is encoded exactly once, here, under its topic's lock, and handed to every shard
+//! while that lock is held, so every shard sees a topic's updates in sequence order.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use yorker_wire::{encode_update, update_flags, ResumeFrom, SubResult, UPDATE_HEADER_LEN};
+
+/// An update as it travels from the publishing shard to every shard.
+#[derive(Debug, Clone)]
+pub struct UpdateMsg {
+    /// Topic id.
+    pub topic: u32,
+    /// Sequence number, assigned once.
+    pub seq: u64,
+    /// URGENT / BROADCAST as published.
+    pub flags: u8,
+    /// The encoded UPDATE frame, shared by every subscriber.
+    pub frame: Bytes,
+}
+
+/// Why a topic could not be created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the topic registry holds its maximum of {0} topics")]
+pub struct TopicLimit(pub usize);
+
+/// How a subscription starts: the SUBACK result and the frames that follow it.
+#[derive(Debug, Clone)]
+pub struct SubStart {
+    /// SUBACK result.
+    pub result: SubResult,
+    /// The topic's current sequence number (SUBACK seq).
+    pub seq: u64,
+    /// Snapshot or replayed frames, in order; the subscription's last seen seq becomes `seq`.
+    pub frames: Vec<Bytes>,
+}
+
+#[derive(Debug)]
+struct Last {
+    payload: Bytes,
+    timestamp_us: u64,
+}
+
+#[derive(Debug, Default)]
+struct TopicState {
+    seq: u64,
+    last: Option<Last>,
+    /// (seq, live frame), oldest first, at most `history_depth`.
+    history: VecDeque<(u64, Bytes)>,
+    snapshot: Option<Bytes>,
+    snapshot_reset: Option<Bytes>,
+}
+
+/// One topic.
+#[derive(Debug)]
+pub struct Topic {
+    /// Compact id used on the wire (from 1).
+    pub id: u32,
+    /// Its name.
+    pub name: Arc<str>,
+    state: Mutex<TopicState>,
+}
+
+/// Every topic of the server epoch.
+#[derive(Debug)]
+pub struct Registry {
+    epoch: u64,
+    history_depth: usize,
+    max_topics: usize,
+    names: Mutex<HashMap<Arc<str>, u32>>,
+    topics: RwLock<Vec<Arc<Topic>>>,
+    frames_encoded: AtomicU64,
+    next_session: AtomicU64,
+}
+
+impl Registry {
+    /// An empty registry for `epoch`.
+    pub fn new(epoch: u64, history_depth: usize, max_topics: usize) -> Self {
+        Registry {
+            epoch,
+            history_depth,
+            max_topics,
+            names: Mutex::new(HashMap::new()),
+            topics: RwLock::new(Vec::new()),
+            frames_encoded: AtomicU64::new(0),
+            next_session: AtomicU64::new(1),
+        }
+    }
+
+    /// The server epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// UPDATE frames encoded so far (live frames and snapshots); one per publish plus one per
+    /// snapshot variant first requested after a publish, whatever the number of subscribers.
+    pub fn frames_encoded(&self) -> u64 {
+        self.frames_encoded.load(Ordering::Relaxed)
+    }
+
+    /// Number of topics.
+    pub fn len(&self) -> usize {
+        self.topics.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// True when no topic exists.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A fresh session id.
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The topic named `name`, created if needed.
+    pub fn get_or_create(&self, name: &str) -> Result<Arc<Topic>, TopicLimit> {
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&id) = names.get(name) {
+            return Ok(self.get(id).expect("named topics exist"));
+        }
+        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        if topics.len() >= self.max_topics {
+            return Err(TopicLimit(self.max_topics));
+        }
+        let id = topics.len() as u32 + 1;
+        let name: Arc<str> = Arc::from(name);
+        let t = Arc::new(Topic {
+            id,
+            name: name.clone(),
+            state: Mutex::new(TopicState::default()),
+        });
+        topics.push(t.clone());
+        names.insert(name, id);
+        Ok(t)
+    }
+
+    /// The topic with id `id`.
+    pub fn get(&self, id: u32) -> Option<Arc<Topic>> {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        topics.get((id as usize).checked_sub(1)?).cloned()
+    }
+
+    /// Every topic, in id order.
+    pub fn all(&self) -> Vec<Arc<Topic>> {
+        self.topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Assigns the next sequence number of `topic`, encodes the UPDATE once, records it as the
+    /// latest value and in the history, and hands it to `fanout` while the topic is locked (so
+    /// that every receiver gets the topic's updates in order). Returns the sequence number.
+    pub fn publish(
+        &self,
+        topic: &Topic,
+        flags: u8,
+        payload: &[u8],
+        now_us: u64,
+        fanout: &mut dyn FnMut(UpdateMsg),
+    ) -> u64 {
+        let flags = flags & update_flags::PUBLISH_MASK;
+        let mut st = topic.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.seq += 1;
+        let seq = st.seq;
+        let frame = encode_update(topic.id, seq, now_us, flags, payload);
+        self.frames_encoded.fetch_add(1, Ordering::Relaxed);
+        st.last = Some(Last {
+            payload: frame.slice(UPDATE_HEADER_LEN..),
+            timestamp_us: now_us,
+        });
+        st.snapshot = None;
+        st.snapshot_reset = None;
+        if self.history_depth > 0 {
+            if st.history.len() == self.history_depth {
+                st.history.pop_front();
+            }
+            st.history.push_back((seq, frame.clone()));
+        }
+        fanout(UpdateMsg {
+            topic: topic.id,
+            seq,
+            flags,
+            frame,
+        });
+        seq
+    }
+
+    /// How a new subscription to `topic` starts, given an optional resume point.
+    pub fn start_subscription(&self, topic: &Topic, resume: Option<ResumeFrom>) -> SubStart {
+        let mut st = topic.state.lock().unwrap_or_else(|e| e.into_inner());
+        let cur = st.seq;
+        let reset = match resume {
+            None => false,
+            Some(r) if r.epoch != self.epoch || r.seq > cur => true,
+            Some(r) if r.seq == cur => {
+                return SubStart {
+                    result: SubResult::Resumed,
+                    seq: cur,
+                    frames: Vec::new(),
+                }
+            }
+            Some(r) => {
+                let first_needed = r.seq + 1;
+                match st.history.front() {
+                    Some(&(oldest, _)) if oldest <= first_needed => {
+                        let skip = (first_needed - oldest) as usize;
+                        return SubStart {
+                            result: SubResult::Resumed,
+                            seq: cur,
+                            frames: st
+                                .history
+                                .iter()
+                                .skip(skip)
+                                .map(|(_, f)| f.clone())
+                                .collect(),
+                        };
+                    }
+                    _ => true,
+                }
+            }
+        };
+        let result = if reset {
+            SubResult::Reset
+        } else {
+            SubResult::Ok
+        };
+        let frames = self
+            .snapshot(topic.id, &mut st, reset)
+            .into_iter()
+            .collect();
+        SubStart {
+            result,
+            seq: cur,
+            frames,
+        }
+    }
+
+    /// The cached snapshot frame of the latest value (encoded at most once per value and form).
+    fn snapshot(&self, id: u32, st: &mut TopicState, reset: bool) -> Option<Bytes> {
+        let cached = if reset {
+            &st.snapshot_reset
+        } else {
+            &st.snapshot
+        };
+        if let Some(f) = cached {
+            return Some(f.clone());
+        }
+        let last = st.last.as_ref()?;
+        let flags = update_flags::SNAPSHOT | if reset { update_flags::RESET } else { 0 };
+        let f = encode_update(id, st.seq, last.timestamp_us, flags, &last.payload);
+        self.frames_encoded.fetch_add(1, Ordering::Relaxed);
+        if reset {
+            st.snapshot_reset = Some(f.clone());
+        } else {
+            st.snapshot = Some(f.clone());
+        }
+        Some(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yorker_wire::{Decoder, Frame};
+
+    fn decode(f: &Bytes) -> yorker_wire::Update {
+        let mut d = Decoder::new(1 << 20);
+        d.feed(f);
+        match d.next_frame().unwrap().unwrap() {
+            Frame::Update(u) => u,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn publish(r: &Registry, t: &Topic, p: &[u8]) -> Vec<UpdateMsg> {
+        let mut out = Vec::new();
+        r.publish(t, 0, p, 1000, &mut |m| out.push(m));
+        out
+    }
+
+    #[test]
+    fn sequence_and_snapshot() {
+        let r = Registry::new(7, 4, 10);
+        let t = r.get_or_create("m/1").unwrap();
+        let s = r.start_subscription(&t, None);
+        assert_eq!((s.result, s.seq, s.frames.len()), (SubResult::Ok, 0, 0));
+        publish(&r, &t, b"a");
+        let m = publish(&r, &t, b"b");
+        assert_eq!(m[0].seq, 2);
+        let s = r.start_subscription(&t, None);
+        assert_eq!((s.result, s.seq), (SubResult::Ok, 2));
+        let u = decode(&s.frames[0]);
+        assert_eq!(
+            (u.seq, u.flags, &u.payload[..]),
+            (2, update_flags::SNAPSHOT, &b"b"[..])
+        );
+        // Cached: a second subscriber costs no encode.
+        let before = r.frames_encoded();
+        r.start_subscription(&t, None);
+        assert_eq!(r.frames_encoded(), before);
+    }
+
+    #[test]
+    fn history_replay_versus_reset() {
+        let r = Registry::new(7, 3, 10);
+        let t = r.get_or_create("m/1").unwrap();
+        for p in [b"1", b"2", b"3", b"4", b"5"] {
+            publish(&r, &t, p);
+        }
+        // History holds 3,4,5. Resume from 2: replay 3..=5, the original frames.
+        let s = r.start_subscription(&t, Some(ResumeFrom { epoch: 7, seq: 2 }));
+        assert_eq!(s.result, SubResult::Resumed);
+        let seqs: Vec<u64> = s.frames.iter().map(|f| decode(f).seq).collect();
+        assert_eq!(seqs, vec![3, 4, 5]);
+        assert_eq!(decode(&s.frames[0]).flags, 0);
+        // Up to date: nothing follows.
+        let s = r.start_subscription(&t, Some(ResumeFrom { epoch: 7, seq: 5 }));
+        assert_eq!((s.result, s.frames.len()), (SubResult::Resumed, 0));
+        // Too old: reset snapshot.
+        let s = r.start_subscription(&t, Some(ResumeFrom { epoch: 7, seq: 1 }));
+        assert_eq!(s.result, SubResult::Reset);
+        let u = decode(&s.frames[0]);
+        assert_eq!(
+            (u.seq, u.flags),
+            (5, update_flags::SNAPSHOT | update_flags::RESET)
+        );
+        // From the future of this epoch: reset.
+        let s = r.start_subscription(&t, Some(ResumeFrom { epoch: 7, seq: 9 }));
+        assert_eq!(s.result, SubResult::Reset);
+    }
+
+    #[test]
+    fn epoch_change_resets() {
+        let old = Registry::new(1, 8, 10);
+        let t = old.get_or_create("m").unwrap();
+        publish(&old, &t, b"x");
+        // Restarted server: new epoch, same topic name, seq restarts.
+        let new = Registry::new(2, 8, 10);
+        let t2 = new.get_or_create("m").unwrap();
+        publish(&new, &t2, b"y");
+        let s = new.start_subscription(&t2, Some(ResumeFrom { epoch: 1, seq: 1 }));
+        assert_eq!(s.result, SubResult::Reset);
+        assert_eq!(&decode(&s.frames[0]).payload[..], b"y");
+    }
+
+    #[test]
+    fn topic_limit() {
+        let r = Registry::new(1, 0, 2);
+        let a = r.get_or_create("a").unwrap();
+        assert_eq!(r.get_or_create("a").unwrap().id, a.id);
+        r.get_or_create("b").unwrap();
+        assert_eq!(r.get_or_create("c").unwrap_err(), TopicLimit(2));
+        assert_eq!(r.get(2).unwrap().name.as_ref(), "b");
+        assert!(r.get(0).is_none() && r.get(3).is_none());
+    }
+}
