@@ -69,6 +69,9 @@ pub struct Ring {
     bufs: Option<BufRing>,
     /// At most one send per direct descriptor, indexed by slot.
     sends: Vec<Option<Box<SendOp>>>,
+    // Boxed on purpose: the kernel holds pointers into a SendOp, so it must keep its address
+    // when it moves between the pool and `sends`.
+    #[allow(clippy::vec_box)]
     pool: Vec<Box<SendOp>>,
     timespec: Box<types::Timespec>,
     timer_armed: bool,
