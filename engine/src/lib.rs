@@ -8,4 +8,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bus;
+pub mod config;
 pub mod core;
+pub mod server;
+pub mod shard;
+pub mod stats;
+
+pub use server::{Server, ServerConfig, StartError, Totals};

@@ -79,6 +79,7 @@ pub struct Ring {
     bell_armed: bool,
     files: u32,
     enters: u64,
+    in_flight: usize,
 }
 
 impl std::fmt::Debug for Ring {
@@ -133,6 +134,7 @@ impl Ring {
             bell_armed: false,
             files: cfg.files,
             enters: 0,
+            in_flight: 0,
         })
     }
 
@@ -249,6 +251,12 @@ impl Ring {
         }
     }
 
+    /// Sends in flight on this ring (a gauge: returns to 0 once every send completed, which is
+    /// how tests prove no send buffer is leaked).
+    pub fn sends_in_flight(&self) -> usize {
+        self.in_flight
+    }
+
     /// True while a send is in flight on `slot`.
     pub fn send_in_flight(&self, slot: u32) -> bool {
         matches!(self.sends.get(slot as usize), Some(Some(_)))
@@ -285,6 +293,7 @@ impl Ring {
             .build()
             .user_data(user_data);
         self.sends[idx] = Some(op);
+        self.in_flight += 1;
         // SAFETY: `msg`, `iov` and the frames they point into live in the boxed SendOp now
         // stored in `self.sends[idx]`; it is only taken out in `complete_send`, i.e. after the
         // kernel posted this operation's completion, and Drop closes the ring before freeing it.
@@ -298,6 +307,8 @@ impl Ring {
         let Some(mut op) = self.sends.get_mut(slot as usize).and_then(|s| s.take()) else {
             return SendOutcome::Unknown;
         };
+        // Back to 1 below if the remainder is resubmitted.
+        self.in_flight -= 1;
         if result < 0 {
             let unsent = op.remaining();
             op.reset();
@@ -323,6 +334,7 @@ impl Ring {
             .build()
             .user_data(op.user_data);
         self.sends[slot as usize] = Some(op);
+        self.in_flight += 1;
         // SAFETY: as in `send`: the op is back in `self.sends` (a Box, so `msg` did not move)
         // and stays there until this resubmission completes.
         match unsafe { self.push(&e) } {
@@ -331,6 +343,7 @@ impl Ring {
             },
             Err(err) => {
                 let mut op = self.sends[slot as usize].take().expect("just stored");
+                self.in_flight -= 1;
                 let unsent = op.remaining();
                 op.reset();
                 self.pool.push(op);

@@ -1,0 +1,95 @@
+//! The cross-shard bus: one lock-free MPSC queue per shard, and an eventfd doorbell that wakes
+//! the shard's ring. Doorbells are coalesced: a publisher rings only if the shard has not been
+//! rung since it last drained its queue.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crossbeam_queue::SegQueue;
+use yorker_uring::EventFd;
+
+use crate::core::{Bus, UpdateMsg};
+
+/// One shard's inbound side.
+#[derive(Debug)]
+pub struct Inbox {
+    queue: SegQueue<UpdateMsg>,
+    rung: AtomicBool,
+    bell: EventFd,
+}
+
+impl Inbox {
+    /// The doorbell the shard's ring waits on.
+    pub fn bell(&self) -> &EventFd {
+        &self.bell
+    }
+
+    /// Takes every queued update, in order. Clears the doorbell first, so a publish racing with
+    /// the drain rings again rather than being missed.
+    pub fn drain(&self, mut f: impl FnMut(UpdateMsg)) -> usize {
+        self.rung.store(false, Ordering::SeqCst);
+        let mut n = 0;
+        while let Some(m) = self.queue.pop() {
+            f(m);
+            n += 1;
+        }
+        n
+    }
+
+    /// Wakes the shard (shutdown, or an update).
+    pub fn ring(&self) {
+        if !self.rung.swap(true, Ordering::SeqCst) {
+            self.bell.notify();
+        }
+    }
+}
+
+/// All shards' inboxes.
+#[derive(Debug)]
+pub struct ShardBus {
+    inboxes: Vec<Arc<Inbox>>,
+}
+
+impl ShardBus {
+    /// A bus for `shards` shards.
+    pub fn new(shards: usize) -> std::io::Result<Self> {
+        let inboxes = (0..shards)
+            .map(|_| {
+                Ok(Arc::new(Inbox {
+                    queue: SegQueue::new(),
+                    rung: AtomicBool::new(false),
+                    bell: EventFd::new()?,
+                }))
+            })
+            .collect::<std::io::Result<_>>()?;
+        Ok(ShardBus { inboxes })
+    }
+
+    /// Shard `i`'s inbox.
+    pub fn inbox(&self, i: usize) -> Arc<Inbox> {
+        self.inboxes[i].clone()
+    }
+
+    /// Wakes every shard.
+    pub fn ring_all(&self) {
+        for i in &self.inboxes {
+            i.ring();
+        }
+    }
+}
+
+impl Bus for ShardBus {
+    fn publish(&self, msg: UpdateMsg) {
+        let last = self.inboxes.len() - 1;
+        for (i, inbox) in self.inboxes.iter().enumerate() {
+            // The frame is shared: cloning the message bumps a reference count, no copy.
+            if i == last {
+                inbox.queue.push(msg);
+                inbox.ring();
+                break;
+            }
+            inbox.queue.push(msg.clone());
+            inbox.ring();
+        }
+    }
+}

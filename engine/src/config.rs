@@ -1,0 +1,242 @@
+//! `yorker serve` flags (each also a `YORKER_*` environment variable) -> [`ServerConfig`].
+
+use std::net::SocketAddr;
+
+use clap::{Args, ValueEnum};
+
+use crate::core::{CoreConfig, SlowPolicy};
+use crate::server::ServerConfig;
+
+/// What to do with a connection whose outbox is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SlowPolicyArg {
+    /// Keep only the newest update per topic (subscriptions may opt out); close only if it
+    /// still overflows.
+    Conflate,
+    /// Never conflate; ERROR slow_consumer and close when the outbox is full.
+    Disconnect,
+}
+
+/// Flags of `yorker serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (TCP).
+    #[arg(long, env = "YORKER_LISTEN", default_value = "127.0.0.1:7000")]
+    pub listen: SocketAddr,
+    /// Shard threads, one per core [default: all online cores].
+    #[arg(long, env = "YORKER_CORES")]
+    pub cores: Option<usize>,
+    /// CPUs to pin the shards to, e.g. "0,2-3" (shard i gets the i-th CPU of the list).
+    #[arg(long, env = "YORKER_CPUS", value_parser = parse_cpus)]
+    pub cpus: Option<CpuList>,
+    /// Connections per core; capped by RLIMIT_NOFILE (each core's ring holds that many
+    /// direct descriptors).
+    #[arg(long, env = "YORKER_MAX_CONNS_PER_CORE", default_value_t = 100_000)]
+    pub max_conns_per_core: usize,
+    /// Milliseconds a new connection has to send HELLO.
+    #[arg(long, env = "YORKER_HANDSHAKE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub handshake_timeout_ms: u64,
+    /// Heartbeat interval in ms; clients silent for three intervals are closed.
+    #[arg(long, env = "YORKER_HEARTBEAT_MS", default_value_t = 15_000)]
+    pub heartbeat_ms: u64,
+    /// A send not completed within this many ms closes the connection (a dead reader).
+    #[arg(long, env = "YORKER_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub write_timeout_ms: u64,
+    /// Maximum frame length in bytes, both directions.
+    #[arg(long, env = "YORKER_MAX_FRAME", default_value_t = 65_536)]
+    pub max_frame: u32,
+    /// Subscriptions per connection.
+    #[arg(long, env = "YORKER_MAX_SUBSCRIPTIONS", default_value_t = 64)]
+    pub max_subscriptions: u32,
+    /// Key publishers present as their HELLO token; without it no connection may publish.
+    #[arg(long, env = "YORKER_PUBLISHER_KEY", hide_env_values = true)]
+    pub publisher_key: Option<String>,
+    /// Outbox bytes per connection before the slow-consumer policy applies.
+    #[arg(long, env = "YORKER_OUTBOX_LIMIT", default_value_t = 262_144)]
+    pub outbox_limit: usize,
+    /// Outbox bytes over all connections of one core; beyond it the largest outboxes are closed.
+    #[arg(long, env = "YORKER_SHARD_OUTBOX_CAP", default_value_t = 512 * 1024 * 1024)]
+    pub shard_outbox_cap: usize,
+    /// Slow-consumer policy.
+    #[arg(long, env = "YORKER_SLOW_POLICY", value_enum, default_value_t = SlowPolicyArg::Conflate)]
+    pub slow_policy: SlowPolicyArg,
+    /// Updates kept per topic for resume after reconnect.
+    #[arg(long, env = "YORKER_HISTORY_DEPTH", default_value_t = 64)]
+    pub history_depth: usize,
+    /// Topics the server holds at most.
+    #[arg(long, env = "YORKER_MAX_TOPICS", default_value_t = 100_000)]
+    pub max_topics: usize,
+    /// Frames gathered into one send at most.
+    #[arg(long, env = "YORKER_MAX_FRAMES_PER_SEND", default_value_t = 64)]
+    pub max_frames_per_send: usize,
+    /// On shutdown, clients are told to reconnect after this many ms ...
+    #[arg(long, env = "YORKER_GOAWAY_BASE_MS", default_value_t = 1_000)]
+    pub goaway_base_ms: u32,
+    /// ... plus a random share of this many ms, so reconnects spread out.
+    #[arg(long, env = "YORKER_GOAWAY_JITTER_MS", default_value_t = 4_000)]
+    pub goaway_jitter_ms: u32,
+    /// Time a closing connection (or the whole server on shutdown) has to flush.
+    #[arg(long, env = "YORKER_DRAIN_MS", default_value_t = 2_000)]
+    pub drain_ms: u64,
+    /// listen(2) backlog (raise net.core.somaxconn to match).
+    #[arg(long, env = "YORKER_BACKLOG", default_value_t = 4096)]
+    pub backlog: i32,
+    /// Provided receive buffers per core (power of two, at most 32768).
+    #[arg(long, env = "YORKER_RECV_BUFFERS", default_value_t = 2048)]
+    pub recv_buffers: u16,
+    /// Size of each receive buffer in bytes.
+    #[arg(long, env = "YORKER_RECV_BUFFER_SIZE", default_value_t = 2048)]
+    pub recv_buffer_size: u32,
+    /// Submission queue entries per core.
+    #[arg(long, env = "YORKER_SQ_ENTRIES", default_value_t = 4096)]
+    pub sq_entries: u32,
+    /// Seconds between one-line stats on stderr; 0 turns them off.
+    #[arg(long, env = "YORKER_STATS_INTERVAL", default_value_t = 5)]
+    pub stats_interval: u64,
+}
+
+/// A parsed CPU list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuList(pub Vec<usize>);
+
+fn parse_cpus(s: &str) -> Result<CpuList, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if let Some((a, b)) = part.split_once('-') {
+            let a: usize = a
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad CPU number in {part:?}"))?;
+            let b: usize = b
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad CPU number in {part:?}"))?;
+            if a > b || b - a > 4096 {
+                return Err(format!("bad CPU range {part:?}"));
+            }
+            out.extend(a..=b);
+        } else {
+            out.push(
+                part.parse()
+                    .map_err(|_| format!("bad CPU number {part:?}"))?,
+            );
+        }
+    }
+    if out.is_empty() {
+        return Err("empty CPU list".into());
+    }
+    Ok(CpuList(out))
+}
+
+impl ServeArgs {
+    /// Validates the flags and builds the engine configuration.
+    pub fn to_config(&self) -> Result<ServerConfig, String> {
+        let online = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let cores = self
+            .cores
+            .unwrap_or_else(|| self.cpus.as_ref().map(|c| c.0.len()).unwrap_or(online));
+        if cores == 0 {
+            return Err("--cores must be at least 1".into());
+        }
+        let check = |ok: bool, msg: &str| if ok { Ok(()) } else { Err(msg.to_string()) };
+        check(
+            (4096..=yorker_wire::MAX_MAX_FRAME).contains(&self.max_frame),
+            "--max-frame must be between 4096 and 16777216",
+        )?;
+        check(
+            self.heartbeat_ms >= 100,
+            "--heartbeat-ms must be at least 100",
+        )?;
+        check(
+            self.handshake_timeout_ms >= 10,
+            "--handshake-timeout-ms must be at least 10",
+        )?;
+        check(
+            self.write_timeout_ms >= 10,
+            "--write-timeout-ms must be at least 10",
+        )?;
+        check(
+            self.max_conns_per_core >= 1,
+            "--max-conns-per-core must be at least 1",
+        )?;
+        check(
+            self.outbox_limit >= self.max_frame as usize,
+            "--outbox-limit must be at least --max-frame",
+        )?;
+        check(
+            self.shard_outbox_cap >= self.outbox_limit,
+            "--shard-outbox-cap must be at least --outbox-limit",
+        )?;
+        check(
+            (1..=1024).contains(&self.max_frames_per_send),
+            "--max-frames-per-send must be between 1 and 1024 (IOV_MAX)",
+        )?;
+        check(
+            self.max_topics >= 1 && self.max_topics < u32::MAX as usize,
+            "--max-topics out of range",
+        )?;
+        check(
+            self.sq_entries.is_power_of_two() && (64..=32768).contains(&self.sq_entries),
+            "--sq-entries must be a power of two between 64 and 32768",
+        )?;
+        check(
+            self.recv_buffers.is_power_of_two() && self.recv_buffers <= 32768,
+            "--recv-buffers must be a power of two <= 32768",
+        )?;
+        check(
+            (512..=1 << 20).contains(&self.recv_buffer_size),
+            "--recv-buffer-size must be between 512 and 1048576",
+        )?;
+        if let Some(k) = &self.publisher_key {
+            check(
+                !k.is_empty() && k.len() <= 255,
+                "--publisher-key must be 1 to 255 bytes",
+            )?;
+        }
+        Ok(ServerConfig {
+            listen: self.listen,
+            cores,
+            cpus: self.cpus.clone().map(|c| c.0).unwrap_or_default(),
+            core: CoreConfig {
+                max_connections: self.max_conns_per_core,
+                max_frame: self.max_frame,
+                max_subscriptions: self.max_subscriptions,
+                outbox_limit: self.outbox_limit,
+                shard_outbox_cap: self.shard_outbox_cap,
+                slow_policy: match self.slow_policy {
+                    SlowPolicyArg::Conflate => SlowPolicy::Conflate,
+                    SlowPolicyArg::Disconnect => SlowPolicy::Disconnect,
+                },
+                handshake_timeout_ms: self.handshake_timeout_ms,
+                heartbeat_ms: self.heartbeat_ms,
+                write_timeout_ms: self.write_timeout_ms,
+                publisher_key: self.publisher_key.clone(),
+                max_frames_per_send: self.max_frames_per_send,
+                goaway_base_ms: self.goaway_base_ms,
+                goaway_jitter_ms: self.goaway_jitter_ms,
+                drain_ms: self.drain_ms,
+            },
+            history_depth: self.history_depth,
+            max_topics: self.max_topics,
+            backlog: self.backlog,
+            recv_buffers: self.recv_buffers,
+            recv_buffer_size: self.recv_buffer_size,
+            sq_entries: self.sq_entries,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpus("0,2-4").unwrap().0, vec![0, 2, 3, 4]);
+        assert!(parse_cpus("").is_err());
+        assert!(parse_cpus("3-1").is_err());
+        assert!(parse_cpus("x").is_err());
+    }
+}

@@ -1,0 +1,343 @@
+//! Engine v1 over real loopback sockets and real io_uring: fan-out across shards, the
+//! connection lifecycle, bad input, vanishing and stalled clients, graceful shutdown.
+
+mod common;
+
+use std::io::Write;
+use std::net::Shutdown;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use yorker_wire::*;
+
+const T: Duration = Duration::from_secs(10);
+
+#[test]
+fn every_update_once_in_order_to_every_subscriber_across_two_shards() {
+    let server = start(config(2));
+    let addr = server.local_addr();
+    let mut subs: Vec<Client> = (0..24)
+        .map(|_| Client::connect(addr, Role::Subscriber))
+        .collect();
+    for s in &mut subs {
+        let ack = s.subscribe("match/1", false);
+        assert_eq!((ack.result, ack.seq), (SubResult::Ok, 0));
+    }
+    // Connections land on both shards (SO_REUSEPORT hashing; 24 all on one shard has p = 2^-23).
+    wait_for(T, "subscriptions", || {
+        server.totals().core.subscriptions == 24
+    });
+    let per_shard: Vec<u64> = server
+        .shard_stats()
+        .iter()
+        .map(|(s, _)| s.subscriptions)
+        .collect();
+    assert!(per_shard.iter().all(|&n| n > 0), "{per_shard:?}");
+
+    let mut p = Client::connect(addr, Role::Publisher);
+    let n = 300u64;
+    let readers: Vec<_> = subs
+        .into_iter()
+        .map(|mut s| {
+            std::thread::spawn(move || {
+                let mut seqs = Vec::new();
+                while (seqs.len() as u64) < n {
+                    let u = s.next_update(T).expect("update");
+                    assert_eq!(u.flags, 0);
+                    assert_eq!(&u.payload[..8], &u.seq.to_be_bytes());
+                    seqs.push(u.seq);
+                }
+                seqs
+            })
+        })
+        .collect();
+    for seq in 1..=n {
+        p.publish("match/1", 0, &seq.to_be_bytes());
+    }
+    for r in readers {
+        assert_eq!(r.join().unwrap(), (1..=n).collect::<Vec<_>>());
+    }
+    let t = server.totals();
+    // Encode once: one frame per update whatever the number of subscribers and shards.
+    assert_eq!(t.frames_encoded, n);
+    assert_eq!(t.core.updates_in, n);
+    assert_eq!(t.core.updates_fanned_out, n * 2);
+    wait_for(T, "deliveries counted", || {
+        server.totals().core.deliveries == n * 24
+    });
+}
+
+#[test]
+fn handshake_timeout_closes_silent_connections() {
+    let mut cfg = config(1);
+    cfg.core.handshake_timeout_ms = 150;
+    let server = start(cfg);
+    let mut c = Client::raw(server.local_addr());
+    c.expect_error(ErrorCode::HandshakeTimeout);
+    assert!(c.closed_within(T));
+    wait_for(T, "slot freed", || server.totals().core.connections == 0);
+}
+
+#[test]
+fn heartbeats_then_timeout_for_silent_clients() {
+    let mut cfg = config(1);
+    cfg.core.heartbeat_ms = 100;
+    let server = start(cfg);
+    let mut c = Client::connect(server.local_addr(), Role::Subscriber);
+    assert_eq!(c.welcome.as_ref().unwrap().heartbeat_ms, 100);
+    // Silent: the server sends heartbeats while idle, then gives up after three intervals.
+    let mut heartbeats = 0;
+    loop {
+        match c.next(T) {
+            Some(Frame::Heartbeat) => heartbeats += 1,
+            Some(Frame::Error(e)) => {
+                assert_eq!(e.code, ErrorCode::HeartbeatTimeout as u16);
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(heartbeats >= 1);
+    assert!(c.closed_within(T));
+    // A client that pings stays.
+    let mut live = Client::connect(server.local_addr(), Role::Subscriber);
+    for nonce in 0..8 {
+        live.send(&Frame::Ping { nonce });
+        loop {
+            match live.next(T) {
+                Some(Frame::Pong { nonce: n }) => {
+                    assert_eq!(n, nonce);
+                    break;
+                }
+                Some(Frame::Heartbeat) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(60));
+    }
+}
+
+#[test]
+fn bad_input_gets_error_and_close_while_others_keep_receiving() {
+    let server = start(config(2));
+    let addr = server.local_addr();
+    let mut good = Client::connect(addr, Role::Subscriber);
+    good.subscribe("t", false);
+    let mut p = Client::connect(addr, Role::Publisher);
+
+    let cases: Vec<(Vec<u8>, ErrorCode, bool)> = vec![
+        (
+            b"\x00\x00\x00\x05\x42junk".to_vec(),
+            ErrorCode::UnknownFrameType,
+            false,
+        ),
+        (vec![0, 0x10, 0, 0, 1], ErrorCode::FrameTooLarge, false), // 1 MiB before HELLO
+        (vec![0, 0, 0, 0], ErrorCode::MalformedFrame, false),
+        (
+            Frame::Ping { nonce: 1 }.to_bytes().unwrap().to_vec(),
+            ErrorCode::UnexpectedFrame,
+            false,
+        ),
+        (
+            vec![0, 0, 0, 2, 0x01, 0x00],
+            ErrorCode::MalformedFrame,
+            false,
+        ), // truncated HELLO
+        (vec![0, 0x10, 0, 0, 5], ErrorCode::FrameTooLarge, true), // after HELLO
+        (
+            Frame::Heartbeat.to_bytes().unwrap().to_vec(),
+            ErrorCode::UnexpectedFrame,
+            true,
+        ),
+    ];
+    for (i, (bytes, code, after_hello)) in cases.into_iter().enumerate() {
+        let mut bad = if after_hello {
+            Client::connect(addr, Role::Subscriber)
+        } else {
+            Client::raw(addr)
+        };
+        bad.send_raw(&bytes);
+        bad.expect_error(code);
+        assert!(bad.closed_within(T), "case {i}");
+        p.publish("t", 0, &[i as u8]);
+        let u = good.next_update(T).expect("others keep receiving");
+        assert_eq!(u.seq, i as u64 + 1);
+    }
+    // Subscribers may not publish; wrong keys are refused.
+    let mut s = Client::connect(addr, Role::Subscriber);
+    s.publish("t", 0, b"x");
+    s.expect_error(ErrorCode::NotPublisher);
+    let mut wrong = Client::raw(addr);
+    wrong.send(&Frame::Hello(Hello {
+        version: 1,
+        role: Role::Publisher,
+        client_name: "x".into(),
+        token: "nope".into(),
+    }));
+    wrong.expect_error(ErrorCode::AuthFailed);
+    let mut v0 = Client::raw(addr);
+    v0.send(&Frame::Hello(Hello {
+        version: 0,
+        role: Role::Subscriber,
+        client_name: "x".into(),
+        token: String::new(),
+    }));
+    v0.expect_error(ErrorCode::UnsupportedVersion);
+    p.publish("bad topic", 0, b"x");
+    p.expect_error(ErrorCode::InvalidTopic);
+    // Per-topic problems are SUBACK results, not errors.
+    let ack = good.subscribe_with(vec![
+        SubscribeEntry {
+            topic: "/bad".into(),
+            resume: None,
+            conflate: true,
+        },
+        SubscribeEntry {
+            topic: "t".into(),
+            resume: None,
+            conflate: true,
+        },
+    ]);
+    assert_eq!(ack.entries[0].result, SubResult::InvalidTopic);
+    assert_eq!(ack.entries[1].result, SubResult::AlreadySubscribed);
+    wait_for(T, "bad connections closed", || {
+        server.totals().core.connections == 1
+    });
+}
+
+#[test]
+fn vanishing_and_stalled_clients_free_their_slots_and_send_buffers() {
+    let mut cfg = config(1);
+    cfg.core.write_timeout_ms = 300;
+    cfg.core.outbox_limit = 8 << 20;
+    let server = start(cfg);
+    let addr = server.local_addr();
+    let mut p = Client::connect(addr, Role::Publisher);
+    // A stalled reader (never reads) and a vanishing one (reset mid-send).
+    let mut stalled = Client::connect_small_rcvbuf(addr, Role::Subscriber);
+    stalled.subscribe("big", true);
+    let mut vanishing = Client::connect_small_rcvbuf(addr, Role::Subscriber);
+    vanishing.subscribe("big", true);
+    let mut fast = Client::connect(addr, Role::Subscriber);
+    fast.subscribe("big", true);
+    let payload = vec![0xabu8; 60_000];
+    // Paced by the fast reader, so every update also reaches the two stalled sockets, until
+    // well past the most the kernel buffers for one socket (tcp_wmem max on the server side,
+    // plus the client's 4 KB window): after that their sends must be stuck.
+    let wmem_max: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2)?.parse().ok())
+        .unwrap_or(4 << 20);
+    let updates = (wmem_max + (2 << 20)) / payload.len() + 4;
+    for seq in 1..=updates as u64 {
+        p.publish("big", 0, &payload);
+        while fast.next_update(T).expect("fast reader").seq < seq {}
+    }
+    let seq = updates as u64;
+    socket2::SockRef::from(&vanishing.stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(vanishing); // RST with a send in flight
+                     // The write timeout cancels the stuck send and closes the stalled reader.
+    wait_for(T, "write timeout", || {
+        server.totals().core.write_timeouts >= 1
+    });
+    p.publish("big", 0, b"last");
+    while fast.next_update(T).expect("fast reader").seq <= seq {}
+    wait_for(T, "slots freed", || server.totals().core.connections == 2);
+    wait_for(T, "no send left in flight", || {
+        server.sends_in_flight() == 0
+    });
+    stalled.stream.shutdown(Shutdown::Both).ok();
+    assert_eq!(server.totals().core.outbox_bytes, 0);
+}
+
+#[test]
+fn sigterm_sends_goaway_and_exits_zero() {
+    let bin = env!("CARGO_BIN_EXE_yorker");
+    let mut child = Command::new(bin)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "1",
+            "--stats-interval",
+            "0",
+        ])
+        .args(["--goaway-base-ms", "500", "--goaway-jitter-ms", "1000"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn yorker");
+    // The listening line names the port.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0,
+            "yorker exited early"
+        );
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    let addr: std::net::SocketAddr = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    let mut c = Client::connect(addr, Role::Subscriber);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    match c.next(T) {
+        Some(Frame::GoAway(g)) => {
+            assert_eq!(g.code, ErrorCode::ShuttingDown as u16);
+            assert!((500..=1500).contains(&g.reconnect_after_ms), "{g:?}");
+        }
+        other => panic!("expected GOAWAY, got {other:?}"),
+    }
+    assert!(c.closed_within(T));
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let _ = std::io::stderr().flush();
+}
+
+#[test]
+fn startup_errors_are_clear_and_nonzero() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let bin = env!("CARGO_BIN_EXE_yorker");
+    let out = Command::new(bin)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--cores",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot listen on") && err.contains("in use"),
+        "{err}"
+    );
+    let out = Command::new(bin)
+        .args(["serve", "--cores", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(bin)
+        .args(["serve", "--max-frame", "12"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-frame"));
+    let out = Command::new(bin)
+        .args(["serve", "--bogus"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
