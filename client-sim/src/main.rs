@@ -1,1 +1,50 @@
-fn main() {}
+//! `yorker-sim`: load generator, match simulator and reference client for yorker.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use yorker_engine::config::ServeArgs;
+use yorker_sim::{bench, cmd, demo, watch};
+
+/// yorker-sim: simulated game clients, a simulated match feed, benchmarks and the demo.
+#[derive(Debug, Parser)]
+#[command(name = "yorker-sim", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Simulated game clients subscribing to matches (one process, io_uring, > fd limit).
+    Subscribe(cmd::SubscribeArgs),
+    /// A match simulator (ball by ball) or raw benchmark payloads at a rate.
+    Publish(cmd::PublishArgs),
+    /// Subscribers and a publisher in one command: latency, fan-out completion, fairness, loss.
+    Bench(bench::BenchArgs),
+    /// Follow one match with a live scorecard in the terminal.
+    Watch(watch::WatchArgs),
+    /// The demo: engine + simulated clients + simulated matches for ~20 s, then a summary.
+    Demo(demo::DemoArgs),
+    /// Run the engine itself (same as `yorker serve`); the demo starts it this way.
+    #[command(hide = true)]
+    Serve(ServeArgs),
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Subscribe(a) => cmd::subscribe(&a),
+        Command::Publish(a) => cmd::publish(&a),
+        Command::Bench(a) => bench::run(&a),
+        Command::Watch(a) => watch::run(&a),
+        Command::Demo(a) => demo::run(&a),
+        Command::Serve(a) => return yorker_engine::cli::serve(a),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("yorker-sim: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

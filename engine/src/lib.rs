@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod bus;
+pub mod cli;
 pub mod config;
 pub mod core;
 pub mod server;

@@ -1,13 +1,9 @@
 //! `yorker`: the push engine's command line.
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 use yorker_engine::config::ServeArgs;
-use yorker_engine::{Server, Totals};
 
 /// yorker: a thread-per-core io_uring push engine.
 #[derive(Debug, Parser)]
@@ -24,123 +20,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Serve(args) => serve(args),
+    match Cli::parse().command {
+        Command::Serve(args) => yorker_engine::cli::serve(args),
     }
-}
-
-fn serve(args: ServeArgs) -> ExitCode {
-    let cfg = match args.to_config() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("yorker: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    // Register signals before starting shards so an early SIGTERM is not lost.
-    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("yorker: cannot install signal handlers: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let cores = cfg.cores;
-    let server = match Server::start(cfg) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("yorker: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    eprintln!(
-        "yorker: listening on {} with {} core(s), {} connection slots per core",
-        server.local_addr(),
-        cores,
-        server.files_per_shard()
-    );
-    let server = std::sync::Arc::new(server);
-    if args.stats_interval > 0 {
-        let s = server.clone();
-        let every = Duration::from_secs(args.stats_interval);
-        std::thread::Builder::new()
-            .name("yorker-stats".into())
-            .spawn(move || stats_loop(&s, every))
-            .ok();
-    }
-    // Block until a signal arrives.
-    let first = signals.forever().next();
-    eprintln!("yorker: signal {first:?}: stopping (GOAWAY to every client, draining)");
-    server.begin_shutdown();
-    // A second signal aborts the drain.
-    std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
-            eprintln!("yorker: second signal, exiting now");
-            std::process::exit(130);
-        }
-    });
-    while !server.is_finished() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let t = server.totals();
-    eprintln!(
-        "yorker: stopped. {}",
-        stats_line(&t, &Totals::default(), Duration::ZERO)
-    );
-    match std::sync::Arc::try_unwrap(server) {
-        Ok(s) => match s.join() {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("yorker: shard error: {e}");
-                ExitCode::from(1)
-            }
-        },
-        // The stats thread still holds a reference; the shards are finished anyway.
-        Err(_) => ExitCode::SUCCESS,
-    }
-}
-
-fn stats_loop(server: &Server, every: Duration) {
-    let mut last = server.totals();
-    let mut at = Instant::now();
-    loop {
-        std::thread::sleep(every);
-        if server.is_finished() {
-            return;
-        }
-        let t = server.totals();
-        eprintln!("yorker: {}", stats_line(&t, &last, at.elapsed()));
-        last = t;
-        at = Instant::now();
-    }
-}
-
-fn stats_line(t: &Totals, last: &Totals, dt: Duration) -> String {
-    let secs = dt.as_secs_f64();
-    let rate = |now: u64, before: u64| {
-        if secs > 0.0 {
-            format!("{:.0}", (now - before) as f64 / secs)
-        } else {
-            "-".into()
-        }
-    };
-    let sends = t.core.sends - last.core.sends;
-    let enters = (t.enters - last.enters).max(1);
-    format!(
-        "conns={} subs={} topics={} updates_in={} deliveries={} deliveries/s={} sends/enter={:.1} frames/send={:.1} conflated={} urgent={} slow_closed={} write_timeouts={} outbox_bytes={}",
-        t.core.connections,
-        t.core.subscriptions,
-        t.topics,
-        t.core.updates_in,
-        t.core.deliveries,
-        rate(t.core.deliveries, last.core.deliveries),
-        sends as f64 / enters as f64,
-        (t.core.frames_sent - last.core.frames_sent) as f64 / sends.max(1) as f64,
-        t.core.conflated,
-        t.core.urgent,
-        t.core.slow_disconnects,
-        t.core.write_timeouts,
-        t.core.outbox_bytes,
-    )
 }

@@ -296,6 +296,13 @@ impl Driver {
         Ok(())
     }
 
+    /// Ends every operation on the slot, then (in `maybe_close`) closes it.
+    ///
+    /// Operations are cancelled by user_data, never shut down by slot: IORING_OP_SHUTDOWN is
+    /// punted to io-wq and resolves the direct descriptor only when it runs, by which time a
+    /// Close may have freed the slot and an accept may have put a new connection in it (we saw
+    /// exactly that: new clients shut down by an old connection's shutdown). Closing the file
+    /// still sends whatever the socket buffers hold, then FIN.
     fn begin_close(&mut self, ring: &mut Ring, o: CloseOrder) -> io::Result<()> {
         let slot = o.slot;
         let io = &mut self.ios[slot as usize];
@@ -311,7 +318,12 @@ impl Driver {
                 UserData::new(Op::Cancel, slot, generation).pack(),
             )?;
         }
-        ring.shutdown(slot, UserData::new(Op::Shutdown, slot, generation).pack())?;
+        if io.recv_armed {
+            ring.cancel(
+                UserData::new(Op::Recv, slot, generation).pack(),
+                UserData::new(Op::Cancel, slot, generation).pack(),
+            )?;
+        }
         self.maybe_close(ring, slot)
     }
 

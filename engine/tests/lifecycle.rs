@@ -341,3 +341,41 @@ fn startup_errors_are_clear_and_nonzero() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Regression: closing a connection must never touch the connection the kernel puts in the
+/// same slot next. (A Shutdown op, run late by io-wq, once shut down whichever socket held the
+/// slot by then.) Churn many connections and check that every survivor still works.
+#[test]
+fn churn_never_closes_the_next_occupant_of_a_slot() {
+    let server = start(config(1));
+    let addr = server.local_addr();
+    let mut p = Client::connect(addr, Role::Publisher);
+    let mut live: Vec<Client> = Vec::new();
+    for round in 0..60 {
+        // Close a few (client-side EOF, and some resets), open a few more at the same time.
+        let n = live.len().min(4);
+        for c in live.drain(..n) {
+            if round % 2 == 0 {
+                socket2::SockRef::from(&c.stream)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+            }
+            drop(c);
+        }
+        for _ in 0..5 {
+            let mut c = Client::connect(addr, Role::Subscriber);
+            c.subscribe("churn", true);
+            live.push(c);
+        }
+    }
+    p.publish("churn", 0, b"still there?");
+    for (i, c) in live.iter_mut().enumerate() {
+        let u = c
+            .next_update(T)
+            .unwrap_or_else(|| panic!("survivor {i} was closed"));
+        assert_eq!(&u.payload[..], b"still there?");
+    }
+    wait_for(T, "closed slots freed", || {
+        server.totals().core.connections == live.len() as u64 + 1
+    });
+}

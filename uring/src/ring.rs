@@ -236,6 +236,23 @@ impl Ring {
         unsafe { self.push(&e) }
     }
 
+    /// Arms one (not multishot) receive on `slot` that picks a buffer from the buffer ring.
+    /// Lets a caller pace its reads, e.g. to simulate a slow reader.
+    pub fn recv_once(&mut self, slot: u32, user_data: u64) -> io::Result<()> {
+        let bgid = self
+            .bufs
+            .as_ref()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "ring has no buffer ring"))?
+            .bgid();
+        let e = opcode::Recv::new(types::Fixed(slot), std::ptr::null_mut(), 0)
+            .buf_group(bgid)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
+            .user_data(user_data);
+        // SAFETY: no caller memory: the kernel picks a buffer of `self.bufs`, registered until Drop.
+        unsafe { self.push(&e) }
+    }
+
     /// Bytes of a received buffer (see [`Completion::buffer_id`]).
     pub fn buffer(&self, bid: u16, len: usize) -> &[u8] {
         match &self.bufs {
@@ -364,8 +381,11 @@ impl Ring {
         unsafe { self.push(&e) }
     }
 
-    /// Shuts the socket in `slot` down in both directions, which ends its multishot receive and
-    /// fails a send stuck on a full socket buffer.
+    /// Shuts the socket in `slot` down in both directions.
+    ///
+    /// Beware: the kernel runs shutdown in io-wq and resolves the slot only then, so if the slot
+    /// is closed and reused before it runs, it shuts down the *new* socket. Wait for this
+    /// operation's completion before closing the slot, or cancel operations by user_data instead.
     pub fn shutdown(&mut self, slot: u32, user_data: u64) -> io::Result<()> {
         let e = opcode::Shutdown::new(types::Fixed(slot), libc::SHUT_RDWR)
             .build()

@@ -1,0 +1,897 @@
+//! The subscriber fleet: many simulated game clients on a few threads, each thread with its own
+//! io_uring. Each socket is connected normally, installed into the ring's fixed-file table
+//! (direct descriptor) and its ordinary fd closed at once, so one process holds more
+//! connections than its fd limit (the table's limit is per ring). Receives are multishot from a
+//! provided-buffer ring; slow readers use paced single-shot receives.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use socket2::{Domain, Socket, Type};
+use yorker_uring::{Completion, Op, Ring, RingConfig, SendOutcome, UserData};
+use yorker_wire::{update_flags, ResumeFrom};
+
+use crate::check::{TopicCheck, Totals};
+use crate::matchsim::Rng;
+use crate::proto::{yorker, Event, Proto};
+
+/// Connections one source address can open to one server address (ephemeral ports).
+pub const PER_SOURCE_IP: usize = 25_000;
+/// Connections per worker thread at most (each ring's fixed-file table must fit RLIMIT_NOFILE).
+pub const PER_THREAD_MAX: usize = 18_000;
+
+/// How payloads carry their timestamp (and, for benchmarks, their update index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadKind {
+    /// Benchmark payload: publish time (u64 µs) then update index (u64), then padding.
+    Bench,
+    /// Cricket score payload (timestamp at offset 25).
+    Score,
+}
+
+/// Publish time and bench index of a payload.
+pub fn payload_stamp(kind: PayloadKind, p: &[u8]) -> (u64, Option<u64>) {
+    match kind {
+        PayloadKind::Bench if p.len() >= 16 => (
+            u64::from_be_bytes(p[0..8].try_into().expect("8")),
+            Some(u64::from_be_bytes(p[8..16].try_into().expect("8"))),
+        ),
+        PayloadKind::Score if p.len() >= 33 => {
+            (u64::from_be_bytes(p[25..33].try_into().expect("8")), None)
+        }
+        _ => (0, None),
+    }
+}
+
+/// Microseconds since the Unix epoch.
+pub fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Which topics clients subscribe to.
+#[derive(Debug, Clone)]
+pub struct TopicChoice {
+    /// Topic names.
+    pub names: Vec<String>,
+    /// Zipf-like skew: topic k is chosen with weight 1/(k+1)^skew (0 = uniform).
+    pub skew: f64,
+}
+
+impl TopicChoice {
+    /// Picks a topic index.
+    pub fn pick(&self, rng: &mut Rng) -> usize {
+        if self.names.len() <= 1 {
+            return 0;
+        }
+        let w: Vec<f64> = (0..self.names.len())
+            .map(|k| 1.0 / ((k + 1) as f64).powf(self.skew))
+            .collect();
+        let mut x = rng.unit() * w.iter().sum::<f64>();
+        for (k, wk) in w.iter().enumerate() {
+            if x < *wk {
+                return k;
+            }
+            x -= wk;
+        }
+        self.names.len() - 1
+    }
+}
+
+/// Settings of a fleet.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// Engine addresses (clients spread round-robin).
+    pub addrs: Vec<SocketAddr>,
+    /// Number of clients.
+    pub conns: usize,
+    /// Worker threads (each with a ring).
+    pub threads: usize,
+    /// New connections per second over the whole fleet (0: as fast as possible).
+    pub ramp_per_s: u64,
+    /// Topic choice.
+    pub topics: TopicChoice,
+    /// Conflation on the subscriptions.
+    pub conflate: bool,
+    /// Fraction of clients that read slowly.
+    pub slow_fraction: f64,
+    /// A slow reader waits this long between reads.
+    pub slow_delay_ms: u64,
+    /// Fraction of clients that drop and reconnect (with resume) per second.
+    pub churn_per_s: f64,
+    /// Payload format.
+    pub payload: PayloadKind,
+    /// Updates tracked for fan-out completion and fairness (bench index range).
+    pub track_updates: usize,
+    /// Protocol.
+    pub proto: Proto,
+    /// Seed.
+    pub seed: u64,
+}
+
+/// Per-update tracking: first and last receive time and receiver count, by bench index.
+#[derive(Debug)]
+pub struct UpdateTrack {
+    /// Earliest receive, µs since epoch (u64::MAX: none).
+    pub first: Vec<AtomicU64>,
+    /// Latest receive.
+    pub last: Vec<AtomicU64>,
+    /// Receivers so far.
+    pub count: Vec<AtomicU32>,
+    /// Publish time carried by the payload (u64::MAX: unknown).
+    pub sent: Vec<AtomicU64>,
+}
+
+impl UpdateTrack {
+    fn new(n: usize) -> Self {
+        UpdateTrack {
+            first: (0..n).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            last: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            count: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            sent: (0..n).map(|_| AtomicU64::new(u64::MAX)).collect(),
+        }
+    }
+    fn record(&self, index: u64, sent_us: u64, at_us: u64) {
+        let i = index as usize;
+        if i < self.count.len() {
+            self.sent[i].fetch_min(sent_us, Ordering::Relaxed);
+            self.first[i].fetch_min(at_us, Ordering::Relaxed);
+            self.last[i].fetch_max(at_us, Ordering::Relaxed);
+            self.count[i].fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
+/// State shared between the fleet's threads and whoever drives it.
+#[derive(Debug)]
+pub struct Shared {
+    /// Set to stop every thread.
+    pub stop: AtomicBool,
+    /// Clients connected (TCP).
+    pub connected: AtomicU64,
+    /// Clients whose subscriptions were acknowledged.
+    pub subscribed: AtomicU64,
+    /// Updates received.
+    pub received: AtomicU64,
+    /// Connections the server closed or failed.
+    pub disconnects: AtomicU64,
+    /// Connect failures.
+    pub connect_failures: AtomicU64,
+    /// Per-update tracking.
+    pub track: UpdateTrack,
+}
+
+/// What a thread measured.
+#[derive(Debug)]
+pub struct Report {
+    /// Per-delivery latency, publish to receive, µs (live updates to normal readers).
+    pub latency: Histogram<u64>,
+    /// The same for the simulated slow readers.
+    pub latency_slow: Histogram<u64>,
+    /// Connect to SUBACK, µs.
+    pub connect: Histogram<u64>,
+    /// Delivery checks.
+    pub totals: Totals,
+    /// Clients that reconnected (churn or GOAWAY).
+    pub reconnects: u64,
+    /// GOAWAY frames honoured.
+    pub goaways: u64,
+    /// ERROR frames by code.
+    pub errors: Vec<(u16, u64)>,
+    /// For each topic id: the highest seq any client of this thread ended with and the lowest.
+    pub final_seqs: Vec<(u32, u64, u64)>,
+}
+
+impl Report {
+    fn new() -> Self {
+        Report {
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
+            latency_slow: Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
+            connect: Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
+            totals: Totals::default(),
+            reconnects: 0,
+            goaways: 0,
+            errors: Vec::new(),
+            final_seqs: Vec::new(),
+        }
+    }
+
+    /// Merges another thread's report.
+    pub fn merge(&mut self, o: &Report) {
+        self.latency.add(&o.latency).ok();
+        self.latency_slow.add(&o.latency_slow).ok();
+        self.connect.add(&o.connect).ok();
+        self.totals.merge(&o.totals);
+        self.reconnects += o.reconnects;
+        self.goaways += o.goaways;
+        for &(c, n) in &o.errors {
+            match self.errors.iter_mut().find(|e| e.0 == c) {
+                Some(e) => e.1 += n,
+                None => self.errors.push((c, n)),
+            }
+        }
+        for &(t, hi, lo) in &o.final_seqs {
+            match self.final_seqs.iter_mut().find(|e| e.0 == t) {
+                Some(e) => {
+                    e.1 = e.1.max(hi);
+                    e.2 = e.2.min(lo);
+                }
+                None => self.final_seqs.push((t, hi, lo)),
+            }
+        }
+    }
+}
+
+/// A running fleet.
+#[derive(Debug)]
+pub struct Fleet {
+    /// Shared counters and the stop flag.
+    pub shared: Arc<Shared>,
+    threads: Vec<std::thread::JoinHandle<std::io::Result<Report>>>,
+}
+
+impl Fleet {
+    /// Starts the worker threads; connections ramp up in the background.
+    pub fn start(cfg: FleetConfig) -> std::io::Result<Fleet> {
+        yorker_uring::raise_nofile_limit();
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            connected: AtomicU64::new(0),
+            subscribed: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            disconnects: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            track: UpdateTrack::new(cfg.track_updates),
+        });
+        let threads_needed = cfg.conns.div_ceil(PER_THREAD_MAX).max(1);
+        let nthreads = cfg.threads.max(threads_needed).min(cfg.conns.max(1));
+        let cfg = Arc::new(cfg);
+        let mut threads = Vec::new();
+        for t in 0..nthreads {
+            // Global client indices t, t + n, t + 2n, ...: interleaved so ramps are even.
+            let mine: Vec<usize> = (t..cfg.conns).step_by(nthreads).collect();
+            let (cfg, shared) = (cfg.clone(), shared.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("fleet-{t}"))
+                    .spawn(move || Worker::new(&cfg, shared, mine, t, nthreads)?.run())?,
+            );
+        }
+        Ok(Fleet { shared, threads })
+    }
+
+    /// Stops every client and returns the merged report.
+    pub fn stop(self) -> std::io::Result<Report> {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let mut total = Report::new();
+        for t in self.threads {
+            let r = t
+                .join()
+                .map_err(|_| std::io::Error::other("fleet thread panicked"))??;
+            total.merge(&r);
+        }
+        Ok(total)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Not connected yet, or waiting to reconnect.
+    Waiting,
+    /// TCP connected, handshake sent.
+    Handshaking,
+    /// Subscribed.
+    Active,
+    /// Shutdown sent, waiting for the receive to end.
+    Closing,
+}
+
+#[derive(Debug)]
+struct TopicState {
+    topic: usize,
+    id: u32,
+    check: TopicCheck,
+    /// Updates up to this seq are replays after a resume: not timed.
+    replay_until: u64,
+}
+
+#[derive(Debug)]
+struct Conn {
+    global: usize,
+    state: State,
+    generation: u32,
+    recv_armed: bool,
+    slow: bool,
+    due_ms: u64,
+    parser: yorker::Parser,
+    topics: Vec<TopicState>,
+    epoch: u64,
+    next_ping_ms: u64,
+    connected_at: Instant,
+    reconnect: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Ev {
+    Welcome {
+        epoch: u64,
+    },
+    SubAck {
+        id: u32,
+        seq: u64,
+        ok: bool,
+    },
+    Update {
+        id: u32,
+        seq: u64,
+        flags: u8,
+        ts: u64,
+        index: Option<u64>,
+    },
+    GoAway {
+        ms: u32,
+    },
+    Error {
+        code: u16,
+    },
+}
+
+struct Worker {
+    cfg: FleetConfig,
+    shared: Arc<Shared>,
+    ring: Ring,
+    conns: Vec<Conn>,
+    report: Report,
+    rng: Rng,
+    start: Instant,
+    /// Index in `conns` of the next client to connect for the first time.
+    next_new: usize,
+    thread: usize,
+    nthreads: usize,
+    ping_cursor: usize,
+    heartbeat_ms: u64,
+    scratch: Vec<Ev>,
+    slow_queue: Vec<(u64, usize)>,
+    churn_credit: f64,
+    last_churn: Instant,
+}
+
+impl Worker {
+    fn new(
+        cfg: &FleetConfig,
+        shared: Arc<Shared>,
+        mine: Vec<usize>,
+        thread: usize,
+        nthreads: usize,
+    ) -> std::io::Result<Self> {
+        let ring = Ring::new(RingConfig {
+            sq_entries: 4096,
+            cq_entries: 32768,
+            files: mine.len() as u32 + 16,
+            buf_entries: 4096,
+            buf_size: 4096,
+        })?;
+        let mut rng = Rng::new(cfg.seed ^ ((thread as u64 + 1) * 0x1234_5678));
+        let conns = mine
+            .into_iter()
+            .map(|global| {
+                let topic = cfg.topics.pick(&mut rng);
+                Conn {
+                    global,
+                    state: State::Waiting,
+                    generation: 0,
+                    recv_armed: false,
+                    slow: rng.unit() < cfg.slow_fraction,
+                    due_ms: 0,
+                    parser: yorker::Parser::default(),
+                    topics: vec![TopicState {
+                        topic,
+                        id: 0,
+                        check: TopicCheck::default(),
+                        replay_until: 0,
+                    }],
+                    epoch: 0,
+                    next_ping_ms: 0,
+                    connected_at: Instant::now(),
+                    reconnect: false,
+                }
+            })
+            .collect();
+        Ok(Worker {
+            cfg: cfg.clone(),
+            shared,
+            ring,
+            conns,
+            report: Report::new(),
+            rng,
+            start: Instant::now(),
+            next_new: 0,
+            thread,
+            nthreads,
+            ping_cursor: 0,
+            heartbeat_ms: 15_000,
+            scratch: Vec::new(),
+            slow_queue: Vec::new(),
+            churn_credit: 0.0,
+            last_churn: Instant::now(),
+        })
+    }
+
+    fn ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn run(mut self) -> std::io::Result<Report> {
+        let mut cqes: Vec<Completion> = Vec::with_capacity(8192);
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            self.connect_due()?;
+            self.housekeeping()?;
+            self.ring
+                .submit_and_wait(1, Some(Duration::from_millis(5)))?;
+            cqes.clear();
+            self.ring.completions(&mut cqes);
+            for c in &cqes {
+                self.on_completion(c)?;
+            }
+        }
+        self.shutdown_all(&mut cqes)?;
+        for c in &self.conns {
+            for t in &c.topics {
+                self.report.totals.add(&t.check);
+                if c.state == State::Active || c.state == State::Closing {
+                    match self.report.final_seqs.iter_mut().find(|e| e.0 == t.id) {
+                        Some(e) => {
+                            e.1 = e.1.max(t.check.last);
+                            e.2 = e.2.min(t.check.last);
+                        }
+                        None => self
+                            .report
+                            .final_seqs
+                            .push((t.id, t.check.last, t.check.last)),
+                    }
+                }
+            }
+        }
+        Ok(self.report)
+    }
+
+    /// Opens first connections on the ramp schedule, and reconnections that are due.
+    fn connect_due(&mut self) -> std::io::Result<()> {
+        let per_thread_rate = self.cfg.ramp_per_s as f64 / self.nthreads as f64;
+        let allowed = if self.cfg.ramp_per_s == 0 {
+            self.conns.len()
+        } else {
+            ((self.start.elapsed().as_secs_f64() * per_thread_rate) as usize + 1)
+                .min(self.conns.len())
+        };
+        let mut budget = 512; // bounded work per loop iteration keeps completions flowing
+        while self.next_new < allowed && budget > 0 {
+            let i = self.next_new;
+            self.next_new += 1;
+            budget -= 1;
+            self.open(i)?;
+        }
+        let now = self.ms();
+        for i in 0..self.conns.len().min(self.next_new) {
+            let c = &self.conns[i];
+            if c.state == State::Waiting
+                && c.reconnect
+                && now >= c.due_ms
+                && !self.ring.send_in_flight(i as u32)
+                && !c.recv_armed
+            {
+                self.report.reconnects += 1;
+                self.open(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, i: usize) -> std::io::Result<()> {
+        let global = self.conns[i].global;
+        let addr = self.cfg.addrs[global % self.cfg.addrs.len()];
+        let sock = match self.dial(global, addr) {
+            Ok(s) => s,
+            Err(_) => {
+                self.shared.connect_failures.fetch_add(1, Ordering::Relaxed);
+                let c = &mut self.conns[i];
+                c.state = State::Waiting;
+                c.reconnect = true;
+                c.due_ms = self.start.elapsed().as_millis() as u64 + 1000;
+                return Ok(());
+            }
+        };
+        let slot = i as u32;
+        self.ring.register_fd(slot, sock.as_raw_fd())?;
+        drop(sock); // the fixed-file table holds the socket now
+        let c = &mut self.conns[i];
+        c.generation = (c.generation + 1) & 0x00ff_ffff;
+        c.state = State::Handshaking;
+        c.parser = yorker::Parser::default();
+        c.connected_at = Instant::now();
+        let topics: Vec<(String, Option<ResumeFrom>)> = c
+            .topics
+            .iter()
+            .map(|t| {
+                let resume = (c.epoch != 0 && t.check.last != 0).then_some(ResumeFrom {
+                    epoch: c.epoch,
+                    seq: t.check.last,
+                });
+                (self.cfg.topics.names[t.topic].clone(), resume)
+            })
+            .collect();
+        let hs = yorker::handshake(&format!("sim-{global}"), &topics, self.cfg.conflate);
+        let generation = c.generation;
+        let slow = c.slow;
+        self.shared.connected.fetch_add(1, Ordering::Relaxed);
+        self.ring.send(
+            slot,
+            UserData::new(Op::Send, slot, generation).pack(),
+            |f| f.push(hs),
+        )?;
+        self.arm_recv(i, slow)
+    }
+
+    fn dial(&self, global: usize, addr: SocketAddr) -> std::io::Result<Socket> {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        s.set_tcp_nodelay(true)?;
+        // Beyond one source address's ephemeral ports, use 127.0.0.2, .3, ...
+        let per_addr = global / self.cfg.addrs.len();
+        let src = per_addr / PER_SOURCE_IP;
+        if src > 0 && addr.ip().is_loopback() {
+            let ip = Ipv4Addr::new(127, 0, 0, 1 + src as u8);
+            s.bind(&SocketAddr::V4(SocketAddrV4::new(ip, 0)).into())?;
+        }
+        s.connect(&addr.into())?;
+        Ok(s)
+    }
+
+    fn arm_recv(&mut self, i: usize, slow: bool) -> std::io::Result<()> {
+        let c = &mut self.conns[i];
+        let ud = UserData::new(Op::Recv, i as u32, c.generation).pack();
+        c.recv_armed = true;
+        if slow {
+            self.ring.recv_once(i as u32, ud)
+        } else {
+            self.ring.recv_multi(i as u32, ud)
+        }
+    }
+
+    fn housekeeping(&mut self) -> std::io::Result<()> {
+        let now = self.ms();
+        // Slow readers whose pause is over read again.
+        let mut k = 0;
+        while k < self.slow_queue.len() {
+            let (due, i) = self.slow_queue[k];
+            if due <= now {
+                self.slow_queue.swap_remove(k);
+                let st = self.conns[i].state;
+                if (st == State::Handshaking || st == State::Active) && !self.conns[i].recv_armed {
+                    self.arm_recv(i, true)?;
+                }
+            } else {
+                k += 1;
+            }
+        }
+        // Keep-alive pings, a slice of the clients per iteration.
+        let n = self.conns.len().min(self.next_new);
+        let every = (self.heartbeat_ms / 3).max(50);
+        for _ in 0..n.min(256) {
+            let i = self.ping_cursor % n.max(1);
+            self.ping_cursor = self.ping_cursor.wrapping_add(1);
+            let c = &mut self.conns[i];
+            if c.state == State::Active && now >= c.next_ping_ms {
+                c.next_ping_ms = now + every;
+                let ud = UserData::new(Op::Send, i as u32, c.generation).pack();
+                if !self.ring.send_in_flight(i as u32) {
+                    self.ring
+                        .send(i as u32, ud, |f| f.push(yorker::ping(now)))?;
+                }
+            }
+        }
+        // Reconnect churn.
+        if self.cfg.churn_per_s > 0.0 {
+            let dt = self.last_churn.elapsed().as_secs_f64();
+            self.last_churn = Instant::now();
+            self.churn_credit += dt * self.cfg.churn_per_s * n as f64;
+            while self.churn_credit >= 1.0 && n > 0 {
+                self.churn_credit -= 1.0;
+                let i = self.rng.below(n as u64) as usize;
+                if self.conns[i].state == State::Active {
+                    let jitter = 50 + self.rng.below(500);
+                    self.close(i, jitter)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops a connection and reconnects it `after_ms` later (with resume).
+    ///
+    /// The receive is cancelled by its user_data rather than with a Shutdown op: Shutdown runs
+    /// in io-wq and resolves the direct descriptor when it runs, which may be after the slot
+    /// already holds the reconnected socket. The old socket closes when the slot is
+    /// re-registered.
+    fn close(&mut self, i: usize, after_ms: u64) -> std::io::Result<()> {
+        let now = self.ms();
+        let c = &mut self.conns[i];
+        if c.state == State::Waiting || c.state == State::Closing {
+            return Ok(());
+        }
+        c.reconnect = true;
+        c.due_ms = now + after_ms;
+        self.shared.connected.fetch_sub(1, Ordering::Relaxed);
+        if c.recv_armed {
+            c.state = State::Closing;
+            let target = UserData::new(Op::Recv, i as u32, c.generation).pack();
+            self.ring.cancel(
+                target,
+                UserData::new(Op::Cancel, i as u32, c.generation).pack(),
+            )
+        } else {
+            c.state = State::Waiting;
+            Ok(())
+        }
+    }
+
+    fn on_completion(&mut self, c: &Completion) -> std::io::Result<()> {
+        let Some(ud) = UserData::unpack(c.user_data) else {
+            return Ok(());
+        };
+        let i = ud.slot as usize;
+        match ud.op {
+            Op::Recv => {
+                let current = i < self.conns.len() && self.conns[i].generation == ud.generation;
+                if let Some(bid) = c.buffer_id() {
+                    if current && c.result > 0 {
+                        let now = unix_us();
+                        self.scratch.clear();
+                        let mut scratch = std::mem::take(&mut self.scratch);
+                        let payload = self.cfg.payload;
+                        let r = self.conns[i].parser.feed(
+                            self.ring.buffer(bid, c.result as usize),
+                            &mut |e| {
+                                scratch.push(match e {
+                                    Event::Update {
+                                        topic_id,
+                                        seq,
+                                        flags,
+                                        payload: p,
+                                    } => {
+                                        let (ts, index) = payload_stamp(payload, p);
+                                        Ev::Update {
+                                            id: topic_id,
+                                            seq,
+                                            flags,
+                                            ts,
+                                            index,
+                                        }
+                                    }
+                                    Event::Welcome { epoch, .. } => Ev::Welcome { epoch },
+                                    Event::SubAck { topic_id, seq, ok } => Ev::SubAck {
+                                        id: topic_id,
+                                        seq,
+                                        ok,
+                                    },
+                                    Event::GoAway { reconnect_after_ms } => Ev::GoAway {
+                                        ms: reconnect_after_ms,
+                                    },
+                                    Event::Error { code } => Ev::Error { code },
+                                    Event::Other => return,
+                                })
+                            },
+                        );
+                        self.ring.recycle(bid);
+                        for e in scratch.drain(..) {
+                            self.on_event(i, e, now)?;
+                        }
+                        self.scratch = scratch;
+                        if r.is_err() {
+                            self.report.errors.push((0, 1));
+                            self.close(i, 1000)?;
+                        }
+                    } else {
+                        self.ring.recycle(bid);
+                    }
+                }
+                if !current {
+                    return Ok(());
+                }
+                let slow = self.conns[i].slow;
+                let ended = !c.more() || slow;
+                if ended {
+                    self.conns[i].recv_armed = false;
+                    let state = self.conns[i].state;
+                    if c.result > 0 || c.result == -libc::ENOBUFS {
+                        if state == State::Handshaking || state == State::Active {
+                            if slow {
+                                let due = self.ms() + self.cfg.slow_delay_ms;
+                                self.slow_queue.push((due, i));
+                            } else {
+                                self.arm_recv(i, false)?;
+                            }
+                        }
+                    } else {
+                        // EOF or error: the connection is gone.
+                        let conn = &mut self.conns[i];
+                        if conn.state != State::Closing && conn.state != State::Waiting {
+                            self.shared.disconnects.fetch_add(1, Ordering::Relaxed);
+                            self.shared.connected.fetch_sub(1, Ordering::Relaxed);
+                            conn.reconnect = false;
+                        }
+                        conn.state = State::Waiting;
+                    }
+                }
+            }
+            Op::Send => {
+                if let SendOutcome::Failed { .. } = self.ring.complete_send(ud.slot, c.result) {
+                    // The receive side notices the close.
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn on_event(&mut self, i: usize, e: Ev, now_us: u64) -> std::io::Result<()> {
+        match e {
+            Ev::Welcome { epoch } => {
+                let c = &mut self.conns[i];
+                if c.epoch != 0 && c.epoch != epoch {
+                    // A restarted server: old sequence numbers mean nothing now.
+                    for t in &mut c.topics {
+                        t.check.last = 0;
+                    }
+                }
+                c.epoch = epoch;
+            }
+            Ev::SubAck { id, seq, ok } => {
+                let c = &mut self.conns[i];
+                if let Some(t) = c.topics.iter_mut().find(|t| t.id == 0 || t.id == id) {
+                    t.id = id;
+                    t.replay_until = seq;
+                }
+                if ok && c.state == State::Handshaking {
+                    c.state = State::Active;
+                    if !c.reconnect {
+                        self.shared.subscribed.fetch_add(1, Ordering::Relaxed);
+                        self.report
+                            .connect
+                            .record(c.connected_at.elapsed().as_micros().max(1) as u64)
+                            .ok();
+                    }
+                }
+            }
+            Ev::Update {
+                id,
+                seq,
+                flags,
+                ts,
+                index,
+            } => {
+                self.shared.received.fetch_add(1, Ordering::Relaxed);
+                let conflate = self.cfg.conflate;
+                let c = &mut self.conns[i];
+                let snapshot = flags & update_flags::SNAPSHOT != 0;
+                let mut replay = snapshot;
+                if let Some(t) = c.topics.iter_mut().find(|t| t.id == id) {
+                    t.check
+                        .see(seq, conflate, snapshot, flags & update_flags::RESET != 0);
+                    replay |= seq <= t.replay_until;
+                }
+                if !replay && ts > 0 {
+                    let lat = now_us.saturating_sub(ts).max(1);
+                    if c.slow {
+                        self.report.latency_slow.record(lat).ok();
+                    } else {
+                        self.report.latency.record(lat).ok();
+                        // Bench payloads carry their index; score updates are indexed by
+                        // (seq, topic). Fan-out completion and fairness cover normal readers.
+                        let ix = index.or_else(|| {
+                            let k = self.cfg.topics.names.len() as u64;
+                            (id >= 1 && seq >= 1).then(|| (seq - 1) * k + (id as u64 - 1))
+                        });
+                        if let Some(ix) = ix {
+                            self.shared.track.record(ix, ts, now_us);
+                        }
+                    }
+                }
+            }
+            Ev::GoAway { ms } => {
+                self.report.goaways += 1;
+                self.close(i, ms as u64)?;
+            }
+            Ev::Error { code } => match self.report.errors.iter_mut().find(|e| e.0 == code) {
+                Some(e) => e.1 += 1,
+                None => self.report.errors.push((code, 1)),
+            },
+        }
+        Ok(())
+    }
+
+    /// Closes every connection and waits (bounded) for the kernel to release them.
+    fn shutdown_all(&mut self, cqes: &mut Vec<Completion>) -> std::io::Result<()> {
+        for i in 0..self.conns.len() {
+            let c = &mut self.conns[i];
+            c.reconnect = false;
+            if c.recv_armed && c.state != State::Closing {
+                c.state = State::Closing;
+                let target = UserData::new(Op::Recv, i as u32, c.generation).pack();
+                self.ring.cancel(
+                    target,
+                    UserData::new(Op::Cancel, i as u32, c.generation).pack(),
+                )?;
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline
+            && (self.conns.iter().any(|c| c.recv_armed) || self.ring.sends_in_flight() > 0)
+        {
+            self.ring
+                .submit_and_wait(1, Some(Duration::from_millis(20)))?;
+            cqes.clear();
+            self.ring.completions(cqes);
+            for c in cqes.iter() {
+                if let Some(ud) = UserData::unpack(c.user_data) {
+                    match ud.op {
+                        Op::Recv => {
+                            if let Some(bid) = c.buffer_id() {
+                                self.ring.recycle(bid);
+                            }
+                            if !c.more() || self.conns[ud.slot as usize].slow {
+                                self.conns[ud.slot as usize].recv_armed = false;
+                            }
+                        }
+                        Op::Send => {
+                            self.ring.complete_send(ud.slot, c.result);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let _ = (self.thread, Bytes::new());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_choice_is_skewed() {
+        let tc = TopicChoice {
+            names: (0..10).map(|k| format!("m/{k}")).collect(),
+            skew: 1.2,
+        };
+        let mut rng = Rng::new(1);
+        let mut counts = [0u32; 10];
+        for _ in 0..10_000 {
+            counts[tc.pick(&mut rng)] += 1;
+        }
+        assert!(counts[0] > counts[1] && counts[1] > counts[9], "{counts:?}");
+        let uniform = TopicChoice {
+            names: vec!["a".into(), "b".into()],
+            skew: 0.0,
+        };
+        let a = (0..10_000).filter(|_| uniform.pick(&mut rng) == 0).count();
+        assert!((4_000..6_000).contains(&a));
+    }
+
+    #[test]
+    fn payload_stamps() {
+        let mut p = vec![0u8; 64];
+        p[..8].copy_from_slice(&5u64.to_be_bytes());
+        p[8..16].copy_from_slice(&9u64.to_be_bytes());
+        assert_eq!(payload_stamp(PayloadKind::Bench, &p), (5, Some(9)));
+        assert_eq!(payload_stamp(PayloadKind::Bench, &p[..4]), (0, None));
+    }
+}

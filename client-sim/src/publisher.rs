@@ -1,0 +1,120 @@
+//! A publisher: one blocking connection with role publisher, a match feed or raw benchmark
+//! payloads. Publishing is a trickle next to fan-out, so plain blocking I/O is enough.
+
+use std::io::{BufWriter, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use yorker_wire::{update_flags, Decoder, Frame, Hello, Publish, Role, DEFAULT_MAX_FRAME};
+
+/// A connected publisher.
+#[derive(Debug)]
+pub struct Publisher {
+    out: BufWriter<TcpStream>,
+    buf: BytesMut,
+}
+
+/// Why publishing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Socket error.
+    #[error("publisher connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server refused the session.
+    #[error("server refused the publisher: {0}")]
+    Refused(String),
+}
+
+impl Publisher {
+    /// Connects and completes the handshake with `key`.
+    pub fn connect(addr: SocketAddr, key: &str) -> Result<Publisher, PublishError> {
+        let s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        let mut hello = BytesMut::new();
+        Frame::Hello(Hello {
+            version: 1,
+            role: Role::Publisher,
+            client_name: "yorker-sim publisher".into(),
+            token: key.into(),
+        })
+        .encode(&mut hello)
+        .map_err(|e| PublishError::Refused(e.to_string()))?;
+        (&s).write_all(&hello)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut dec = Decoder::new(DEFAULT_MAX_FRAME);
+        let mut b = [0u8; 4096];
+        loop {
+            match dec
+                .next_frame()
+                .map_err(|e| PublishError::Refused(e.to_string()))?
+            {
+                Some(Frame::Welcome(_)) => break,
+                Some(Frame::Error(e)) => return Err(PublishError::Refused(e.message)),
+                Some(_) => continue,
+                None => {
+                    let n = (&s).read(&mut b)?;
+                    if n == 0 {
+                        return Err(PublishError::Refused("closed during handshake".into()));
+                    }
+                    dec.feed(&b[..n]);
+                }
+            }
+        }
+        // The server never sends a publisher anything it must read (no subscriptions), but a
+        // reader thread keeps its socket drained of HEARTBEATs and notices an ERROR.
+        let reader = s.try_clone()?;
+        std::thread::spawn(move || {
+            let mut r = reader;
+            let _ = r.set_read_timeout(None);
+            let mut b = [0u8; 4096];
+            while matches!(r.read(&mut b), Ok(n) if n > 0) {}
+        });
+        Ok(Publisher {
+            out: BufWriter::with_capacity(64 * 1024, s),
+            buf: BytesMut::new(),
+        })
+    }
+
+    /// Queues one PUBLISH (call [`Publisher::flush`] to send).
+    pub fn publish(
+        &mut self,
+        topic: &str,
+        urgent: bool,
+        broadcast: bool,
+        payload: &[u8],
+    ) -> Result<(), PublishError> {
+        self.buf.clear();
+        let mut flags = 0;
+        if urgent {
+            flags |= update_flags::URGENT;
+        }
+        if broadcast {
+            flags |= update_flags::BROADCAST;
+        }
+        Frame::Publish(Publish {
+            flags,
+            topic: topic.into(),
+            payload: bytes::Bytes::copy_from_slice(payload),
+        })
+        .encode(&mut self.buf)
+        .map_err(|e| PublishError::Refused(e.to_string()))?;
+        self.out.write_all(&self.buf)?;
+        Ok(())
+    }
+
+    /// Sends what is queued.
+    pub fn flush(&mut self) -> Result<(), PublishError> {
+        self.out.flush()?;
+        Ok(())
+    }
+}
+
+/// A benchmark payload of `size` bytes (at least 16): publish time, update index, padding.
+pub fn bench_payload(size: usize, index: u64, now_us: u64) -> Vec<u8> {
+    let mut b = BytesMut::with_capacity(size.max(16));
+    b.put_u64(now_us);
+    b.put_u64(index);
+    b.resize(size.max(16), 0x5a);
+    b.to_vec()
+}
