@@ -68,6 +68,9 @@ pub struct BenchArgs {
     /// Give up waiting for one burst after this many ms (counted as loss).
     #[arg(long, default_value_t = 10_000)]
     pub burst_timeout_ms: u64,
+    /// First loopback source address 127.0.0.<N> (one more per 25,000 clients).
+    #[arg(long, default_value_t = 1)]
+    pub source_base: u8,
 }
 
 fn bar(len: u64, msg: &str, quiet: bool) -> ProgressBar {
@@ -111,6 +114,7 @@ pub fn run(a: &BenchArgs) -> Result<i32, String> {
         track_updates: updates,
         proto: a.proto,
         seed: 1,
+        source_base: a.source_base,
     })
     .map_err(|e| format!("cannot start the client fleet: {e}"))?;
     let shared = fleet.shared.clone();

@@ -54,6 +54,10 @@ pub struct SubscribeArgs {
     /// Protocol of the server.
     #[arg(long, value_enum, default_value_t = Proto::Yorker)]
     pub proto: Proto,
+    /// First loopback source address 127.0.0.<N> (one more per 25,000 clients); give each
+    /// process its own range when several load one server.
+    #[arg(long, default_value_t = 1)]
+    pub source_base: u8,
 }
 
 /// Runs the subscribers for the duration; exit 1 on a loss or duplicate.
@@ -79,6 +83,7 @@ pub fn subscribe(a: &SubscribeArgs) -> Result<i32, String> {
         track_updates: 0,
         proto: a.proto,
         seed: unix_us(),
+        source_base: a.source_base,
     })
     .map_err(|e| e.to_string())?;
     let s = fleet.shared.clone();

@@ -135,6 +135,7 @@ pub fn run(a: &DemoArgs) -> Result<i32, String> {
         track_updates: steps * a.matches as usize,
         proto: Proto::Yorker,
         seed: 7,
+        source_base: 1,
     })
     .map_err(|e| format!("cannot start the clients: {e}"))?;
     let shared = fleet.shared.clone();

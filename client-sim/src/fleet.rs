@@ -114,6 +114,9 @@ pub struct FleetConfig {
     pub proto: Proto,
     /// Seed.
     pub seed: u64,
+    /// First source address: clients use 127.0.0.<base>, then <base+1> every 25,000
+    /// connections (set it apart when several processes load one server).
+    pub source_base: u8,
 }
 
 /// Per-update tracking: first and last receive time and receiver count, by bench index.
@@ -544,9 +547,9 @@ impl Worker {
         s.set_tcp_nodelay(true)?;
         // Beyond one source address's ephemeral ports, use 127.0.0.2, .3, ...
         let per_addr = global / self.cfg.addrs.len();
-        let src = per_addr / PER_SOURCE_IP;
-        if src > 0 && addr.ip().is_loopback() {
-            let ip = Ipv4Addr::new(127, 0, 0, 1 + src as u8);
+        let src = self.cfg.source_base.max(1) as usize + per_addr / PER_SOURCE_IP;
+        if src > 1 && addr.ip().is_loopback() {
+            let ip = Ipv4Addr::new(127, 0, 0, src.min(254) as u8);
             s.bind(&SocketAddr::V4(SocketAddrV4::new(ip, 0)).into())?;
         }
         s.connect(&addr.into())?;

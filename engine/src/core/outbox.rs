@@ -34,54 +34,66 @@ pub enum Pushed {
     Overflow,
 }
 
-/// A connection's queue of unsent frames.
+/// A connection's queue of unsent frames: one deque whose first `urgent` entries form the
+/// urgent lane (one deque, not two, keeps an idle connection's footprint small).
 #[derive(Debug, Default)]
 pub struct Outbox {
-    urgent: VecDeque<Entry>,
-    normal: VecDeque<Entry>,
-    bytes: usize,
+    q: VecDeque<Entry>,
+    urgent: u32,
+    bytes: u32,
 }
 
 impl Outbox {
     /// Bytes queued.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.bytes as usize
     }
 
     /// Frames queued.
     pub fn len(&self) -> usize {
-        self.urgent.len() + self.normal.len()
+        self.q.len()
     }
 
     /// True when nothing waits.
     pub fn is_empty(&self) -> bool {
-        self.urgent.is_empty() && self.normal.is_empty()
+        self.q.is_empty()
+    }
+
+    fn add(&mut self, n: usize) {
+        self.bytes = (self.bytes as usize + n).min(u32::MAX as usize) as u32;
+    }
+
+    fn sub(&mut self, n: usize) {
+        self.bytes = (self.bytes as usize).saturating_sub(n) as u32;
     }
 
     /// Queues a non-urgent frame, replacing an older conflatable one of the same topic when
     /// `e.conflatable`. Refuses (Overflow) when it would take the queue past `limit` bytes.
     pub fn push(&mut self, e: Entry, limit: usize) -> Pushed {
+        let bytes = self.bytes as usize;
         if e.conflatable && e.topic != 0 {
+            let urgent = self.urgent as usize;
             if let Some(old) = self
-                .normal
+                .q
                 .iter_mut()
+                .skip(urgent)
                 .rev()
                 .find(|o| o.topic == e.topic && o.conflatable)
             {
-                let grown = self.bytes - old.frame.len() + e.frame.len();
+                let grown = bytes - old.frame.len() + e.frame.len();
                 if grown > limit {
                     return Pushed::Overflow;
                 }
-                self.bytes = grown;
                 *old = e;
+                self.bytes = grown as u32;
                 return Pushed::Conflated;
             }
         }
-        if self.bytes + e.frame.len() > limit {
+        if bytes + e.frame.len() > limit {
             return Pushed::Overflow;
         }
-        self.bytes += e.frame.len();
-        self.normal.push_back(e);
+        self.add(e.frame.len());
+        self.q.push_back(e);
         Pushed::Queued
     }
 
@@ -89,32 +101,46 @@ impl Outbox {
     /// topic keep per-topic order: conflatable ones are dropped (counted in the return value),
     /// the others move into the urgent lane just before it.
     pub fn push_urgent(&mut self, e: Entry, limit: usize) -> (Pushed, usize) {
+        let urgent = self.urgent as usize;
+        let same_topic = |o: &Entry| e.topic != 0 && o.topic == e.topic;
         let superseded: usize = self
-            .normal
+            .q
             .iter()
-            .filter(|o| e.topic != 0 && o.topic == e.topic && o.conflatable)
+            .skip(urgent)
+            .filter(|o| same_topic(o) && o.conflatable)
             .map(|o| o.frame.len())
             .sum();
-        let after = self.bytes - superseded + e.frame.len();
+        let after = self.bytes as usize - superseded + e.frame.len();
         if after > limit {
             return (Pushed::Overflow, 0);
         }
         let mut dropped = 0;
-        if e.topic != 0 && self.normal.iter().any(|o| o.topic == e.topic) {
-            let mut keep = VecDeque::with_capacity(self.normal.len());
-            for o in self.normal.drain(..) {
-                if o.topic != e.topic {
-                    keep.push_back(o);
+        if self.q.iter().skip(urgent).any(same_topic) {
+            // Rebuild the normal lane: superseded frames go, same-topic frames that must all
+            // be delivered join the urgent lane (in order), the rest keep their order.
+            let normal: Vec<Entry> = self.q.drain(urgent..).collect();
+            let mut rest = Vec::with_capacity(normal.len());
+            for o in normal {
+                if !same_topic(&o) {
+                    rest.push(o);
                 } else if o.conflatable {
                     dropped += 1;
                 } else {
-                    self.urgent.push_back(o);
+                    self.q.push_back(o);
                 }
             }
-            self.normal = keep;
+            self.q.extend(rest);
         }
-        self.bytes = after;
-        self.urgent.push_back(e);
+        let urgent_end = self.q.len()
+            - self
+                .q
+                .iter()
+                .skip(self.urgent as usize)
+                .filter(|o| !same_topic(o))
+                .count();
+        self.q.insert(urgent_end, e);
+        self.urgent = urgent_end as u32 + 1;
+        self.bytes = after as u32;
         (
             if dropped > 0 {
                 Pushed::Conflated
@@ -127,20 +153,21 @@ impl Outbox {
 
     /// Queues a connection's last frame (ERROR or GOAWAY) ahead of everything, beyond the limit.
     pub fn push_final(&mut self, frame: Bytes) {
-        self.bytes += frame.len();
-        self.urgent.push_front(Entry {
+        self.add(frame.len());
+        self.q.push_front(Entry {
             frame,
             topic: 0,
             seq: 0,
             conflatable: false,
         });
+        self.urgent += 1;
     }
 
     /// Queues a frame after everything else, beyond the limit (GOAWAY: what is queued still
     /// goes out first).
     pub fn push_last(&mut self, frame: Bytes) {
-        self.bytes += frame.len();
-        self.normal.push_back(Entry {
+        self.add(frame.len());
+        self.q.push_back(Entry {
             frame,
             topic: 0,
             seq: 0,
@@ -151,28 +178,30 @@ impl Outbox {
     /// Drops queued updates of `topic` (after UNSUBSCRIBE); returns the bytes freed.
     pub fn remove_topic(&mut self, topic: u32) -> usize {
         let mut freed = 0;
-        for lane in [&mut self.urgent, &mut self.normal] {
-            lane.retain(|e| {
-                let drop = e.topic == topic;
-                if drop {
-                    freed += e.frame.len();
+        let mut urgent = self.urgent as usize;
+        let mut i = 0;
+        self.q.retain(|e| {
+            let keep = e.topic != topic;
+            if !keep {
+                freed += e.frame.len();
+                if i < self.urgent as usize {
+                    urgent -= 1;
                 }
-                !drop
-            });
-        }
-        self.bytes -= freed;
+            }
+            i += 1;
+            keep
+        });
+        self.urgent = urgent as u32;
+        self.sub(freed);
         freed
     }
 
     /// Drops everything queued (a connection being aborted).
     pub fn clear(&mut self) -> usize {
-        let b = self.bytes;
-        self.urgent.clear();
-        self.normal.clear();
+        let b = self.bytes as usize;
+        self.q = VecDeque::new();
+        self.urgent = 0;
         self.bytes = 0;
-        // Give the memory back: a closed connection's slot may stay empty for long.
-        self.urgent.shrink_to_fit();
-        self.normal.shrink_to_fit();
         b
     }
 
@@ -181,28 +210,32 @@ impl Outbox {
     pub fn take_batch(&mut self, max_frames: usize, out: &mut Vec<Bytes>) -> usize {
         let mut taken = 0;
         while out.len() < max_frames {
-            let Some(e) = self.urgent.pop_front().or_else(|| self.normal.pop_front()) else {
+            let Some(e) = self.q.pop_front() else {
                 break;
             };
+            self.urgent = self.urgent.saturating_sub(1);
             taken += e.frame.len();
             out.push(e.frame);
         }
-        self.bytes -= taken;
-        if self.is_empty() {
-            // An idle connection should hold no queue memory.
-            if self.urgent.capacity() > 4 {
-                self.urgent = VecDeque::new();
-            }
-            if self.normal.capacity() > 16 {
-                self.normal = VecDeque::new();
-            }
+        self.sub(taken);
+        if self.q.is_empty() && self.q.capacity() > 64 {
+            // After a burst, keep a small buffer only (see `release_if_empty` for idle ones).
+            self.q = VecDeque::new();
         }
         taken
     }
 
+    /// Frees the queue's buffer when it is empty. Called for connections idle for a while, so
+    /// that steady fan-out does not allocate per delivery while idle connections hold nothing.
+    pub fn release_if_empty(&mut self) {
+        if self.q.is_empty() && self.q.capacity() > 0 {
+            self.q = VecDeque::new();
+        }
+    }
+
     /// The queued entries in send order (tests and diagnostics).
     pub fn iter(&self) -> impl Iterator<Item = &Entry> {
-        self.urgent.iter().chain(self.normal.iter())
+        self.q.iter()
     }
 }
 
