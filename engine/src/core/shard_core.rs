@@ -313,10 +313,7 @@ impl ShardCore {
         c.last_rx_ms = now.ms as u32;
         let mut buf = c.pending.take().map(|b| *b).unwrap_or_default();
         buf.extend_from_slice(data);
-        loop {
-            let Some(c) = self.conns[slot as usize].as_mut() else {
-                break;
-            };
+        while let Some(c) = self.conns[slot as usize].as_mut() {
             if !matches!(c.phase, Phase::AwaitHello | Phase::Active(_)) {
                 break;
             }
