@@ -92,7 +92,11 @@ fn stats_loop(server: &Server, every: Duration) {
             return;
         }
         let t = server.totals();
-        eprintln!("yorker: {}", stats_line(&t, &last, at.elapsed()));
+        eprintln!(
+            "yorker: {} fanout_max_us={}",
+            stats_line(&t, &last, at.elapsed()),
+            server.take_fanout_max_us()
+        );
         last = t;
         at = Instant::now();
     }

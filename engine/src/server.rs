@@ -22,7 +22,7 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Number of shards.
     pub cores: usize,
-    /// CPUs to pin shard `i` to (`cpus[i % len]`); empty: no pinning.
+    /// CPUs to pin shard `i` to (`cpus[i % len]`); empty: the CPUs the process may use.
     pub cpus: Vec<usize>,
     /// Per-shard core settings (`max_connections` is per shard).
     pub core: CoreConfig,
@@ -177,6 +177,15 @@ impl Server {
             );
         }
 
+        // Pin shard i to the i-th CPU this process may run on (respects taskset and cpusets),
+        // unless --cpus chose.
+        let cpus: Vec<usize> = if cfg.cpus.is_empty() {
+            core_affinity::get_core_ids()
+                .map(|ids| ids.into_iter().map(|c| c.id).collect())
+                .unwrap_or_default()
+        } else {
+            cfg.cpus.clone()
+        };
         let mut server = Server {
             addr,
             threads: Vec::new(),
@@ -191,10 +200,10 @@ impl Server {
             server.stats.push(st.clone());
             let setup = ShardSetup {
                 id,
-                cpu: if cfg.cpus.is_empty() {
+                cpu: if cpus.is_empty() {
                     None
                 } else {
-                    Some(cfg.cpus[id % cfg.cpus.len()])
+                    Some(cpus[id % cpus.len()])
                 },
                 listener: l,
                 ring: RingConfig {
@@ -261,6 +270,15 @@ impl Server {
     /// Sends in flight over all shards' rings.
     pub fn sends_in_flight(&self) -> u64 {
         self.stats.iter().map(|s| s.sends_in_flight()).sum()
+    }
+
+    /// Longest fan-out on any shard since the last call, µs (see `SharedStats`).
+    pub fn take_fanout_max_us(&self) -> u64 {
+        self.stats
+            .iter()
+            .map(|s| s.take_fanout_max())
+            .max()
+            .unwrap_or(0)
     }
 
     /// Counters over all shards.

@@ -104,7 +104,8 @@ pub fn run(
     let mut hard_deadline: Option<Instant> = None;
     loop {
         let t = now(start);
-        setup.inbox.drain(|m| core.on_update(&m, t));
+        let fanout_start = Instant::now();
+        let drained = setup.inbox.drain(|m| core.on_update(&m, t));
         if setup.shutdown.load(Ordering::SeqCst) && !shutdown_seen {
             shutdown_seen = true;
             driver.stop_accepting(&mut ring)?;

@@ -14,6 +14,10 @@ macro_rules! shared_stats {
             enters: AtomicU64,
             /// Sends in flight on the ring (gauge).
             sends_in_flight: AtomicU64,
+            /// Longest fan-out since last read, µs: from draining a batch of updates to the
+            /// submission of the last send it caused (this shard's share of the spread between
+            /// first and last subscriber).
+            fanout_us_max: AtomicU64,
         }
 
         impl SharedStats {
@@ -32,6 +36,16 @@ macro_rules! shared_stats {
         }
 
         impl SharedStats {
+            /// Records one fan-out's duration.
+            pub fn record_fanout(&self, us: u64) {
+                self.fanout_us_max.fetch_max(us, Ordering::Relaxed);
+            }
+
+            /// Longest fan-out since the last call, µs (and resets it).
+            pub fn take_fanout_max(&self) -> u64 {
+                self.fanout_us_max.swap(0, Ordering::Relaxed)
+            }
+
             /// Sends in flight on the shard's ring.
             pub fn sends_in_flight(&self) -> u64 {
                 self.sends_in_flight.load(Ordering::Relaxed)

@@ -407,3 +407,103 @@ fn encode_once_per_update_whatever_the_subscribers() {
     assert_eq!(deliveries, 300);
     let _ = BytesMut::new();
 }
+
+mod fuzz {
+    //! Arbitrary client bytes never panic the core and never break its bounds: the stand-in
+    //! for a fuzz target that CI always runs.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn chunks() -> impl Strategy<Value = Vec<Vec<u8>>> {
+        // Mostly valid frames with corruption, plus raw noise.
+        let frame = prop_oneof![
+            Just(Frame::Hello(Hello {
+                version: 1,
+                role: Role::Subscriber,
+                client_name: "f".into(),
+                token: String::new()
+            })),
+            Just(Frame::Hello(Hello {
+                version: 1,
+                role: Role::Publisher,
+                client_name: "f".into(),
+                token: "k".into()
+            })),
+            "[a-z/]{0,12}".prop_map(|t| Frame::Subscribe(Subscribe {
+                request_id: 1,
+                entries: vec![SubscribeEntry {
+                    topic: t,
+                    resume: Some(ResumeFrom { epoch: 99, seq: 3 }),
+                    conflate: true
+                }],
+            })),
+            "[a-z/ ]{0,12}".prop_map(|t| Frame::Publish(Publish {
+                flags: 3,
+                topic: t,
+                payload: Bytes::from_static(b"p")
+            })),
+            any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
+            Just(Frame::Unsubscribe(Unsubscribe {
+                request_id: 2,
+                topic_ids: vec![1, 9, 0]
+            })),
+            Just(Frame::Heartbeat),
+        ]
+        .prop_map(|f| f.to_bytes().unwrap().to_vec());
+        let noisy = (
+            frame,
+            any::<u8>(),
+            any::<prop::sample::Index>(),
+            any::<bool>(),
+        )
+            .prop_map(|(mut b, x, i, flip)| {
+                if flip {
+                    let at = i.index(b.len());
+                    b[at] ^= x;
+                }
+                b
+            });
+        proptest::collection::vec(
+            prop_oneof![4 => noisy, 1 => proptest::collection::vec(any::<u8>(), 0..40)],
+            1..30,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn arbitrary_client_bytes(conns in proptest::collection::vec(chunks(), 1..6)) {
+            let mut w = World::new(3, SlowPolicy::Conflate);
+            for (i, chunks) in conns.iter().enumerate() {
+                let slot = i as u32;
+                w.shards[0].open(slot, w.now);
+                for c in chunks {
+                    w.shards[0].on_bytes(slot, c, w.now);
+                    let msgs: Vec<UpdateMsg> = std::mem::take(&mut *w.bus.0.lock().unwrap());
+                    for m in &msgs {
+                        w.shards[0].on_update(m, w.now);
+                    }
+                }
+            }
+            w.now.ms += 100_000;
+            w.shards[0].on_tick(w.now);
+            let mut ready = Vec::new();
+            w.shards[0].take_ready(&mut ready);
+            for slot in ready {
+                let mut out = Vec::new();
+                w.shards[0].take_send(slot, &mut out, w.now);
+                // Whatever the server sends must decode.
+                let mut d = Decoder::new(MAX_MAX_FRAME);
+                for f in out { d.feed(&f); }
+                while let Some(_f) = d.next_frame().expect("server output decodes") {}
+                w.shards[0].on_send_done(slot, w.now);
+                prop_assert!(w.shards[0].outbox_bytes(slot) <= 2_000 + 300);
+            }
+            let mut closing = Vec::new();
+            w.shards[0].take_closing(&mut closing);
+            for o in closing { w.shards[0].remove(o.slot); }
+            let s = w.shards[0].stats();
+            prop_assert!(s.connections <= conns.len() as u64);
+        }
+    }
+}
