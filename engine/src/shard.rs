@@ -114,6 +114,10 @@ pub fn run(
                 Some(Instant::now() + Duration::from_millis(core.config().drain_ms + 1000));
         }
         driver.flush(&mut ring, &mut core, t)?;
+        if drained > 0 {
+            // The sends are queued; the submit below starts them all at once.
+            setup.stats.record_fanout(fanout_start.elapsed().as_micros() as u64);
+        }
         setup
             .stats
             .store(&core.stats(), ring.enters(), ring.sends_in_flight());
