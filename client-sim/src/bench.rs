@@ -144,7 +144,8 @@ pub fn run(a: &BenchArgs) -> Result<i32, String> {
     let connect_s = t0.elapsed().as_secs_f64();
 
     let addr = a.addrs[0];
-    let mut publisher = Publisher::connect(addr, &a.key).map_err(|e| e.to_string())?;
+    let mut publisher =
+        Publisher::connect_proto(addr, &a.key, a.proto).map_err(|e| e.to_string())?;
     let cpu0 = cpu_seconds();
     let start = Instant::now();
     let first_publish_us = unix_us();

@@ -148,11 +148,14 @@ pub struct PublishArgs {
     /// Seconds to run (0: until stopped; matches restart when they end).
     #[arg(long, default_value_t = 0)]
     pub duration: u64,
+    /// Protocol of the server.
+    #[arg(long, value_enum, default_value_t = Proto::Yorker)]
+    pub proto: Proto,
 }
 
 /// Publishes; returns the exit code.
 pub fn publish(a: &PublishArgs) -> Result<i32, String> {
-    let mut p = Publisher::connect(a.addr, &a.key).map_err(|e| e.to_string())?;
+    let mut p = Publisher::connect_proto(a.addr, &a.key, a.proto).map_err(|e| e.to_string())?;
     let limit = (a.duration > 0).then(|| Duration::from_secs(a.duration));
     let stop = AtomicBool::new(false);
     let count = AtomicU64::new(0);

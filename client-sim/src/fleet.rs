@@ -18,7 +18,7 @@ use yorker_wire::{update_flags, ResumeFrom};
 
 use crate::check::{TopicCheck, Totals};
 use crate::matchsim::Rng;
-use crate::proto::{yorker, Event, Proto};
+use crate::proto::{self, Event, Proto};
 
 /// Connections one source address can open to one server address (ephemeral ports).
 pub const PER_SOURCE_IP: usize = 25_000;
@@ -313,7 +313,7 @@ struct Conn {
     recv_armed: bool,
     slow: bool,
     due_ms: u64,
-    parser: yorker::Parser,
+    parser: proto::Parser,
     topics: Vec<TopicState>,
     epoch: u64,
     next_ping_ms: u64,
@@ -393,7 +393,7 @@ impl Worker {
                     recv_armed: false,
                     slow: rng.unit() < cfg.slow_fraction,
                     due_ms: 0,
-                    parser: yorker::Parser::default(),
+                    parser: proto::Parser::new(cfg.proto),
                     topics: vec![TopicState {
                         topic,
                         id: 0,
@@ -517,7 +517,7 @@ impl Worker {
         let c = &mut self.conns[i];
         c.generation = (c.generation + 1) & 0x00ff_ffff;
         c.state = State::Handshaking;
-        c.parser = yorker::Parser::default();
+        c.parser = proto::Parser::new(self.cfg.proto);
         c.connected_at = Instant::now();
         let topics: Vec<(String, Option<ResumeFrom>)> = c
             .topics
@@ -530,7 +530,12 @@ impl Worker {
                 (self.cfg.topics.names[t.topic].clone(), resume)
             })
             .collect();
-        let hs = yorker::handshake(&format!("sim-{global}"), &topics, self.cfg.conflate);
+        let hs = Bytes::from(proto::handshake(
+            self.cfg.proto,
+            &format!("sim-{global}"),
+            &topics,
+            self.cfg.conflate,
+        ));
         let generation = c.generation;
         let slow = c.slow;
         self.shared.connected.fetch_add(1, Ordering::Relaxed);
@@ -585,17 +590,18 @@ impl Worker {
         }
         // Keep-alive pings, a slice of the clients per iteration.
         let n = self.conns.len().min(self.next_new);
-        let every = (self.heartbeat_ms / 3).max(50);
-        for _ in 0..n.min(256) {
-            let i = self.ping_cursor % n.max(1);
-            self.ping_cursor = self.ping_cursor.wrapping_add(1);
-            let c = &mut self.conns[i];
-            if c.state == State::Active && now >= c.next_ping_ms {
-                c.next_ping_ms = now + every;
-                let ud = UserData::new(Op::Send, i as u32, c.generation).pack();
-                if !self.ring.send_in_flight(i as u32) {
-                    self.ring
-                        .send(i as u32, ud, |f| f.push(yorker::ping(now)))?;
+        if let Some((ping, every)) = proto::keepalive(self.cfg.proto, self.heartbeat_ms, now) {
+            let ping = Bytes::from(ping);
+            for _ in 0..n.min(256) {
+                let i = self.ping_cursor % n.max(1);
+                self.ping_cursor = self.ping_cursor.wrapping_add(1);
+                let c = &mut self.conns[i];
+                if c.state == State::Active && now >= c.next_ping_ms {
+                    c.next_ping_ms = now + every;
+                    let ud = UserData::new(Op::Send, i as u32, c.generation).pack();
+                    if !self.ring.send_in_flight(i as u32) {
+                        self.ring.send(i as u32, ud, |f| f.push(ping.clone()))?;
+                    }
                 }
             }
         }
@@ -692,12 +698,22 @@ impl Worker {
                             },
                         );
                         self.ring.recycle(bid);
+                        if let Some(reply) = self.conns[i].parser.take_reply() {
+                            let ud =
+                                UserData::new(Op::Send, i as u32, self.conns[i].generation).pack();
+                            if !self.ring.send_in_flight(i as u32) {
+                                self.ring
+                                    .send(i as u32, ud, |f| f.push(Bytes::from_static(reply)))?;
+                            }
+                        }
                         for e in scratch.drain(..) {
                             self.on_event(i, e, now)?;
                         }
                         self.scratch = scratch;
                         if r.is_err() {
-                            self.report.errors.push((0, 1));
+                            // Code 0: the stream did not parse (a refusal such as Redis'
+                            // -DENIED, or garbage). Reconnect after a pause.
+                            self.count_error(0);
                             self.close(i, 1000)?;
                         }
                     } else {
@@ -780,11 +796,17 @@ impl Worker {
                 index,
             } => {
                 self.shared.received.fetch_add(1, Ordering::Relaxed);
+                // Peers' protocols carry no sequence number: use the bench index (from 1).
+                let seq = if seq == 0 {
+                    index.map_or(0, |i| i + 1)
+                } else {
+                    seq
+                };
                 let conflate = self.cfg.conflate;
                 let c = &mut self.conns[i];
                 let snapshot = flags & update_flags::SNAPSHOT != 0;
                 let mut replay = snapshot;
-                if let Some(t) = c.topics.iter_mut().find(|t| t.id == id) {
+                if let Some(t) = c.topics.iter_mut().find(|t| t.id == id).filter(|_| seq > 0) {
                     t.check
                         .see(seq, conflate, snapshot, flags & update_flags::RESET != 0);
                     replay |= seq <= t.replay_until;
@@ -811,12 +833,16 @@ impl Worker {
                 self.report.goaways += 1;
                 self.close(i, ms as u64)?;
             }
-            Ev::Error { code } => match self.report.errors.iter_mut().find(|e| e.0 == code) {
-                Some(e) => e.1 += 1,
-                None => self.report.errors.push((code, 1)),
-            },
+            Ev::Error { code } => self.count_error(code),
         }
         Ok(())
+    }
+
+    fn count_error(&mut self, code: u16) {
+        match self.report.errors.iter_mut().find(|e| e.0 == code) {
+            Some(e) => e.1 += 1,
+            None => self.report.errors.push((code, 1)),
+        }
     }
 
     /// Closes every connection and waits (bounded) for the kernel to release them.

@@ -8,11 +8,14 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use yorker_wire::{update_flags, Decoder, Frame, Hello, Publish, Role, DEFAULT_MAX_FRAME};
 
+use crate::proto::{mqtt, nats, redis, Proto};
+
 /// A connected publisher.
 #[derive(Debug)]
 pub struct Publisher {
     out: BufWriter<TcpStream>,
     buf: BytesMut,
+    proto: Proto,
 }
 
 /// Why publishing failed.
@@ -29,8 +32,20 @@ pub enum PublishError {
 impl Publisher {
     /// Connects and completes the handshake with `key`.
     pub fn connect(addr: SocketAddr, key: &str) -> Result<Publisher, PublishError> {
+        Publisher::connect_proto(addr, key, Proto::Yorker)
+    }
+
+    /// Connects a publisher of any protocol (the key only matters to yorker).
+    pub fn connect_proto(
+        addr: SocketAddr,
+        key: &str,
+        proto: Proto,
+    ) -> Result<Publisher, PublishError> {
         let s = TcpStream::connect(addr)?;
         s.set_nodelay(true)?;
+        if proto != Proto::Yorker {
+            return Publisher::connect_peer(s, proto);
+        }
         let mut hello = BytesMut::new();
         Frame::Hello(Hello {
             version: 1,
@@ -73,6 +88,51 @@ impl Publisher {
         Ok(Publisher {
             out: BufWriter::with_capacity(64 * 1024, s),
             buf: BytesMut::new(),
+            proto,
+        })
+    }
+
+    fn connect_peer(s: TcpStream, proto: Proto) -> Result<Publisher, PublishError> {
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut b = [0u8; 4096];
+        match proto {
+            Proto::Mqtt => {
+                (&s).write_all(&mqtt::connect("yorker-sim-publisher", 600))?;
+                let n = (&s).read(&mut b)?;
+                if n < 4 || b[0] != 0x20 || b[3] != 0 {
+                    return Err(PublishError::Refused("MQTT CONNACK refused".into()));
+                }
+            }
+            Proto::Nats => {
+                // INFO first, then CONNECT.
+                let n = (&s).read(&mut b)?;
+                if !b[..n].starts_with(b"INFO") {
+                    return Err(PublishError::Refused("no NATS INFO".into()));
+                }
+                (&s).write_all(&nats::connect())?;
+            }
+            _ => {}
+        }
+        // Keep the socket drained (NATS PINGs need PONGs; MQTT/Redis send nothing).
+        let reader = s.try_clone()?;
+        let mut writer = s.try_clone()?;
+        std::thread::spawn(move || {
+            let mut r = reader;
+            let _ = r.set_read_timeout(None);
+            let mut b = [0u8; 4096];
+            while let Ok(n) = r.read(&mut b) {
+                if n == 0 {
+                    break;
+                }
+                if proto == Proto::Nats && b[..n].windows(6).any(|w| w == b"PING\r\n") {
+                    let _ = writer.write_all(nats::PONG);
+                }
+            }
+        });
+        Ok(Publisher {
+            out: BufWriter::with_capacity(64 * 1024, s),
+            buf: BytesMut::new(),
+            proto,
         })
     }
 
@@ -85,6 +145,12 @@ impl Publisher {
         payload: &[u8],
     ) -> Result<(), PublishError> {
         self.buf.clear();
+        match self.proto {
+            Proto::Yorker => {}
+            Proto::Mqtt => return Ok(self.out.write_all(&mqtt::publish(topic, payload))?),
+            Proto::Nats => return Ok(self.out.write_all(&nats::publish(topic, payload))?),
+            Proto::Redis => return Ok(self.out.write_all(&redis::publish(topic, payload))?),
+        }
         let mut flags = 0;
         if urgent {
             flags |= update_flags::URGENT;

@@ -116,7 +116,9 @@ pub fn run(
         driver.flush(&mut ring, &mut core, t)?;
         if drained > 0 {
             // The sends are queued; the submit below starts them all at once.
-            setup.stats.record_fanout(fanout_start.elapsed().as_micros() as u64);
+            setup
+                .stats
+                .record_fanout(fanout_start.elapsed().as_micros() as u64);
         }
         setup
             .stats

@@ -1,15 +1,108 @@
 //! The protocols the load generator speaks, each as a sans-IO stream parser that accepts
 //! frames split anywhere and many frames per read.
 
+pub mod mqtt;
+pub mod nats;
+pub mod redis;
 pub mod yorker;
 
 use clap::ValueEnum;
+use yorker_wire::ResumeFrom;
 
 /// Which server protocol to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Proto {
     /// yorker protocol v1.
     Yorker,
+    /// MQTT 3.1.1, QoS 0 (Mosquitto and other brokers).
+    Mqtt,
+    /// Core NATS.
+    Nats,
+    /// Redis pub/sub (RESP2).
+    Redis,
+}
+
+/// A subscriber connection's stream parser, for any protocol.
+#[derive(Debug)]
+pub enum Parser {
+    /// yorker.
+    Yorker(yorker::Parser),
+    /// MQTT.
+    Mqtt(mqtt::Parser),
+    /// NATS; `pinged` records a server PING that needs a PONG.
+    Nats(nats::Parser, bool),
+    /// Redis.
+    Redis(redis::Parser),
+}
+
+impl Parser {
+    /// A fresh parser for `proto`.
+    pub fn new(proto: Proto) -> Parser {
+        match proto {
+            Proto::Yorker => Parser::Yorker(yorker::Parser::default()),
+            Proto::Mqtt => Parser::Mqtt(mqtt::Parser::default()),
+            Proto::Nats => Parser::Nats(nats::Parser::default(), false),
+            Proto::Redis => Parser::Redis(redis::Parser::default()),
+        }
+    }
+
+    /// Feeds received bytes.
+    pub fn feed(&mut self, data: &[u8], on: &mut dyn FnMut(Event<'_>)) -> Result<(), ParseError> {
+        match self {
+            Parser::Yorker(p) => p.feed(data, on),
+            Parser::Mqtt(p) => p.feed(data, on),
+            Parser::Nats(p, pinged) => p.feed(data, pinged, on),
+            Parser::Redis(p) => p.feed(data, on),
+        }
+    }
+
+    /// Bytes the protocol requires us to send back now (NATS: PONG to a server PING).
+    pub fn take_reply(&mut self) -> Option<&'static [u8]> {
+        match self {
+            Parser::Nats(_, pinged) if *pinged => {
+                *pinged = false;
+                Some(nats::PONG)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What a subscriber sends on connect: session set-up and the subscriptions.
+pub fn handshake(
+    proto: Proto,
+    name: &str,
+    topics: &[(String, Option<ResumeFrom>)],
+    conflate: bool,
+) -> Vec<u8> {
+    match proto {
+        Proto::Yorker => yorker::handshake(name, topics, conflate).to_vec(),
+        Proto::Mqtt => {
+            let mut b = mqtt::connect(name, 60);
+            for (i, (t, _)) in topics.iter().enumerate() {
+                b.extend(mqtt::subscribe(i as u16 + 1, t));
+            }
+            b
+        }
+        Proto::Nats => topics
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (t, _))| nats::handshake(t, i as u64 + 1))
+            .collect(),
+        Proto::Redis => topics
+            .iter()
+            .flat_map(|(t, _)| redis::subscribe(t))
+            .collect(),
+    }
+}
+
+/// A keep-alive to send periodically, and how often (ms), if the protocol needs one.
+pub fn keepalive(proto: Proto, heartbeat_ms: u64, nonce: u64) -> Option<(Vec<u8>, u64)> {
+    match proto {
+        Proto::Yorker => Some((yorker::ping(nonce).to_vec(), (heartbeat_ms / 3).max(50))),
+        Proto::Mqtt => Some((mqtt::pingreq(), 20_000)),
+        Proto::Nats | Proto::Redis => None,
+    }
 }
 
 /// Something a subscriber connection received.
