@@ -153,7 +153,7 @@ mod tests {
         let mut stream = vec![0x20, 2, 0, 0]; // CONNACK
         stream.extend(vec![0x90, 3, 0, 1, 0]); // SUBACK
         for i in 0..5u8 {
-            stream.extend(publish("bench/t", &vec![i; 200])); // 2-byte remaining length
+            stream.extend(publish("bench/t", &[i; 200])); // 2-byte remaining length
         }
         stream.extend(vec![0xd0, 0]); // PINGRESP
         for cut in 0..stream.len() {
