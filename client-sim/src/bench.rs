@@ -12,7 +12,9 @@ use serde_json::json;
 use crate::fleet::{unix_us, Fleet, FleetConfig, PayloadKind, TopicChoice};
 use crate::proto::Proto;
 use crate::publisher::{bench_payload, Publisher};
-use crate::report::{completion_and_spread, cpu_seconds, loss, percentiles, row};
+use crate::report::{
+    completion_and_spread, cpu_seconds, loss, percentiles, process_cpu_seconds, row,
+};
 
 /// Burst or rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -71,6 +73,9 @@ pub struct BenchArgs {
     /// First loopback source address 127.0.0.<N> (one more per 25,000 clients).
     #[arg(long, default_value_t = 1)]
     pub source_base: u8,
+    /// Process id of the server under test: its CPU time over the measured window is reported.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
 }
 
 fn bar(len: u64, msg: &str, quiet: bool) -> ProgressBar {
@@ -146,6 +151,9 @@ pub fn run(a: &BenchArgs) -> Result<i32, String> {
     let addr = a.addrs[0];
     let mut publisher =
         Publisher::connect_proto(addr, &a.key, a.proto).map_err(|e| e.to_string())?;
+    let server_pid = a.server_pid.map(|p| p.to_string());
+    let server_cpu = || server_pid.as_deref().map(process_cpu_seconds);
+    let scpu0 = server_cpu();
     let cpu0 = cpu_seconds();
     let start = Instant::now();
     let first_publish_us = unix_us();
@@ -215,6 +223,10 @@ pub fn run(a: &BenchArgs) -> Result<i32, String> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
+    let scpu = match (scpu0, server_cpu()) {
+        (Some(a0), Some(a1)) => Some(a1 - a0),
+        _ => None,
+    };
     let disconnects = shared.disconnects.load(Ordering::Relaxed);
     let report = fleet.stop().map_err(|e| e.to_string())?;
     let (completion, spread) = completion_and_spread(&shared.track, 0..published);
@@ -251,6 +263,8 @@ pub fn run(a: &BenchArgs) -> Result<i32, String> {
             "disconnects": disconnects,
             "errors": report.errors.iter().map(|(c, n)| json!({"code": c, "count": n})).collect::<Vec<_>>(),
             "client_cpu_s": (cpu * 1000.0).round() / 1000.0,
+            "server_cpu_s": scpu,
+            "server_cpu_us_per_delivery": scpu.map(|c| if l.delivered > 0 { c * 1e6 / l.delivered as f64 } else { 0.0 }),
             "client_cpu_us_per_delivery": if l.delivered > 0 { cpu * 1e6 / l.delivered as f64 } else { 0.0 },
             "elapsed_s": elapsed,
             "ok": !bad,
@@ -281,6 +295,17 @@ pub fn run(a: &BenchArgs) -> Result<i32, String> {
             },
             if bad { "  ** LOSS **" } else { "" }
         );
+        if let Some(c) = scpu {
+            println!(
+                "server CPU {:.2} s ({:.2} us per delivery)",
+                c,
+                if l.delivered > 0 {
+                    c * 1e6 / l.delivered as f64
+                } else {
+                    0.0
+                }
+            );
+        }
     }
     Ok(if bad { 1 } else { 0 })
 }

@@ -8,7 +8,12 @@ use crate::fleet::{Report, UpdateTrack};
 
 /// CPU seconds (user + system) this process used so far, from /proc/self/stat.
 pub fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    process_cpu_seconds("self")
+}
+
+/// CPU seconds (user + system) of process `pid` ("self" for this one), from /proc.
+pub fn process_cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
