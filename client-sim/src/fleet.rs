@@ -557,7 +557,9 @@ impl Worker {
             let ip = Ipv4Addr::new(127, 0, 0, src.min(254) as u8);
             s.bind(&SocketAddr::V4(SocketAddrV4::new(ip, 0)).into())?;
         }
-        s.connect(&addr.into())?;
+        // Bounded: a server whose backlog overflowed makes connect wait for SYN retransmits,
+        // and one stuck connect would stall every client of this thread.
+        s.connect_timeout(&addr.into(), Duration::from_secs(2))?;
         Ok(s)
     }
 

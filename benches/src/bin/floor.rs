@@ -118,6 +118,8 @@ fn handshake(mut s: TcpStream, session: u64) -> std::io::Result<NewConn> {
 
 struct Sub {
     stream: TcpStream,
+    /// Gone (EOF or a failed write): skipped, and its slot reused once no send is in flight.
+    dead: bool,
     /// write mode: bytes not yet written; uring/gather: frames waiting for the in-flight send.
     pending: VecDeque<Bytes>,
     offset: usize,
@@ -126,7 +128,16 @@ struct Sub {
 fn main() -> std::io::Result<()> {
     let args = Args::parse();
     yorker_uring::raise_nofile_limit();
-    let listener = TcpListener::bind(args.listen)?;
+    // A long backlog: 15,000 clients connecting at once overflow std's 128 (1 s SYN retries).
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(args.listen),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&args.listen.into())?;
+    sock.listen(4096)?;
+    let listener: TcpListener = sock.into();
     eprintln!(
         "yorker-floor: listening on {} ({:?})",
         listener.local_addr()?,
@@ -137,18 +148,15 @@ fn main() -> std::io::Result<()> {
     {
         let bell = bell.clone();
         std::thread::spawn(move || {
-            let mut session = 1;
-            for s in listener.incoming().flatten() {
-                session += 1;
-                // Handshakes on their own threads, so one slow client does not stall accepts.
-                let (tx, bell) = (tx.clone(), bell.clone());
-                std::thread::spawn(move || {
-                    if let Ok(c) = handshake(s, session) {
-                        if tx.send(c).is_ok() {
-                            bell.notify();
-                        }
+            // Handshakes inline: benchmark clients send HELLO and SUBSCRIBE at once, and a
+            // thread per connection does not survive 15,000 connecting together.
+            for (session, s) in (1..).zip(listener.incoming().flatten()) {
+                if let Ok(c) = handshake(s, session) {
+                    if tx.send(c).is_err() {
+                        return;
                     }
-                });
+                    bell.notify();
+                }
             }
         });
     }
@@ -161,6 +169,7 @@ fn main() -> std::io::Result<()> {
         buf_size: 65536,
     })?;
     let mut subs: Vec<Sub> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
     let mut publishers: Vec<(TcpStream, Decoder)> = Vec::new();
     let mut seq = 0u64;
     let mut cqes: Vec<Completion> = Vec::new();
@@ -170,17 +179,30 @@ fn main() -> std::io::Result<()> {
     loop {
         while let Ok(c) = rx.try_recv() {
             match c {
-                NewConn::Subscriber(s) if subs.len() < args.max_conns => {
-                    if args.mode != Mode::Write {
-                        ring.register_fd(subs.len() as u32, s.as_raw_fd())?;
-                    }
-                    subs.push(Sub {
+                NewConn::Subscriber(s) => {
+                    // A slot of a departed subscriber whose last send completed, or a new one.
+                    let reuse = free.iter().position(|&i| !ring.send_in_flight(i as u32));
+                    let i = match reuse {
+                        Some(k) => free.swap_remove(k),
+                        None if subs.len() < args.max_conns => subs.len(),
+                        None => continue,
+                    };
+                    // Every socket lives in the fixed-file table too: a receive on it tells
+                    // when the subscriber leaves (it sends nothing else we need).
+                    ring.register_fd(i as u32, s.as_raw_fd())?;
+                    ring.recv_multi(i as u32, UserData::new(Op::Recv, i as u32, 0).pack())?;
+                    let sub = Sub {
                         stream: s,
+                        dead: false,
                         pending: VecDeque::new(),
                         offset: 0,
-                    });
+                    };
+                    if i == subs.len() {
+                        subs.push(sub);
+                    } else {
+                        subs[i] = sub;
+                    }
                 }
-                NewConn::Subscriber(_) => {}
                 NewConn::Publisher(s) => {
                     let slot = pub_slot_base + publishers.len() as u32;
                     ring.register_fd(slot, s.as_raw_fd())?;
@@ -203,6 +225,22 @@ fn main() -> std::io::Result<()> {
                 Op::Doorbell => {
                     ring.doorbell_fired();
                     ring.arm_doorbell(&bell, bell_ud)?;
+                }
+                Op::Recv if ud.slot < pub_slot_base => {
+                    // A subscriber's bytes (pings) are ignored; its EOF or error retires it.
+                    if let Some(bid) = c.buffer_id() {
+                        ring.recycle(bid);
+                    }
+                    let i = ud.slot as usize;
+                    if !c.more() {
+                        if c.result > 0 || c.result == -libc::ENOBUFS {
+                            ring.recv_multi(ud.slot, c.user_data)?;
+                        } else if !subs[i].dead {
+                            subs[i].dead = true;
+                            subs[i].pending.clear();
+                            free.push(i);
+                        }
+                    }
                 }
                 Op::Recv => {
                     let p = (ud.slot - pub_slot_base) as usize;
@@ -244,6 +282,9 @@ fn main() -> std::io::Result<()> {
         }
         for f in &frames {
             for (i, s) in subs.iter_mut().enumerate() {
+                if s.dead {
+                    continue;
+                }
                 s.pending.push_back(f.clone());
                 match args.mode {
                     Mode::Write => {}
@@ -256,7 +297,7 @@ fn main() -> std::io::Result<()> {
             }
         }
         if args.mode == Mode::Write {
-            for s in subs.iter_mut() {
+            for s in subs.iter_mut().filter(|s| !s.dead) {
                 write_pending(s);
             }
         }
