@@ -117,7 +117,9 @@ fn handshake(mut s: TcpStream, session: u64) -> std::io::Result<NewConn> {
 }
 
 struct Sub {
-    stream: TcpStream,
+    /// None once retired: its fd is closed at once (the fixed-file table keeps the socket until
+    /// the slot is reused), or departed subscribers would exhaust the fd limit over runs.
+    stream: Option<TcpStream>,
     /// Gone (EOF or a failed write): skipped, and its slot reused once no send is in flight.
     dead: bool,
     /// write mode: bytes not yet written; uring/gather: frames waiting for the in-flight send.
@@ -192,7 +194,7 @@ fn main() -> std::io::Result<()> {
                     ring.register_fd(i as u32, s.as_raw_fd())?;
                     ring.recv_multi(i as u32, UserData::new(Op::Recv, i as u32, 0).pack())?;
                     let sub = Sub {
-                        stream: s,
+                        stream: Some(s),
                         dead: false,
                         pending: VecDeque::new(),
                         offset: 0,
@@ -238,6 +240,7 @@ fn main() -> std::io::Result<()> {
                         } else if !subs[i].dead {
                             subs[i].dead = true;
                             subs[i].pending.clear();
+                            subs[i].stream = None;
                             free.push(i);
                         }
                     }
@@ -320,8 +323,12 @@ fn start_send(ring: &mut Ring, mode: Mode, i: usize, s: &mut Sub) -> std::io::Re
 
 /// write mode: one write() per queued frame until the socket is full.
 fn write_pending(s: &mut Sub) {
+    let Some(stream) = s.stream.as_mut() else {
+        s.pending.clear();
+        return;
+    };
     while let Some(f) = s.pending.front() {
-        match s.stream.write(&f[s.offset..]) {
+        match stream.write(&f[s.offset..]) {
             Ok(n) if s.offset + n == f.len() => {
                 s.offset = 0;
                 s.pending.pop_front();
