@@ -41,7 +41,8 @@ cargo build --release -q -p yorker-engine -p yorker-sim -p yorker-benches
 B=target/release
 SIM="$B/yorker-sim"
 BASE=40 # source address 127.0.0.<BASE>, a fresh one per run (ports linger in TIME_WAIT)
-next_base() { BASE=$((BASE + 1)); [ $BASE -gt 250 ] && BASE=40; echo $BASE; }
+# Call as a plain command (not in $(...), whose subshell would lose the increment).
+next_base() { BASE=$((BASE + 1)); [ $BASE -gt 250 ] && BASE=40; return 0; }
 
 start_server() { # name port -> sets SERVER_PID
   local name=$1 port=$2 pin=${3:-taskset -c 0}
@@ -68,8 +69,9 @@ bench() { # server port phase args...
   local server=$1 port=$2 phase=$3; shift 3
   local pin="taskset -c 1"; [ "$server" = yorker-2core ] && pin=""
   local out
+  next_base
   out=$($pin timeout 120 "$SIM" bench --addr 127.0.0.1:$port --proto "$(proto_of "$server")" --key bench \
-        --server-pid "$SERVER_PID" --source-base "$(next_base)" --json "$@" 2>"$WORK/bench.err") || true
+        --server-pid "$SERVER_PID" --source-base "$BASE" --json "$@" 2>"$WORK/bench.err") || true
   if [ -n "$out" ]; then record "$server" "$phase" "$out"; else
     record "$server" "$phase" "{\"error\": $(python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read()[-300:]))' "$WORK/bench.err"), \"args\": \"$*\"}"; fi
   echo "  $server $phase $* -> $(tail -1 "$RES" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print("ok" if d.get("ok") else "LOSS/ERROR", "completion p50", (d.get("completion") or {}).get("p50_ms"), "ms")')"
@@ -84,11 +86,13 @@ wait_subscribed() { # log count
 rss_phase() { # server port
   local server=$1 port=$2 proto warm=1000
   proto=$(proto_of "$server")
-  taskset -c 1 "$SIM" subscribe --addr 127.0.0.1:$port --proto "$proto" --raw --clients $warm --duration 60 --source-base "$(next_base)" 2>"$WORK/s1.log" >/dev/null &
+  next_base
+  taskset -c 1 "$SIM" subscribe --addr 127.0.0.1:$port --proto "$proto" --raw --clients $warm --duration 60 --source-base "$BASE" 2>"$WORK/s1.log" >/dev/null &
   local p1=$!
   wait_subscribed "$WORK/s1.log" $warm || { kill $p1; return; }
   sleep 1; local r1; r1=$(rss_kb)
-  taskset -c 1 "$SIM" subscribe --addr 127.0.0.1:$port --proto "$proto" --raw --clients $((RSS_N - warm)) --duration 60 --source-base "$(next_base)" 2>"$WORK/s2.log" >/dev/null &
+  next_base
+  taskset -c 1 "$SIM" subscribe --addr 127.0.0.1:$port --proto "$proto" --raw --clients $((RSS_N - warm)) --duration 60 --source-base "$BASE" 2>"$WORK/s2.log" >/dev/null &
   local p2=$!
   wait_subscribed "$WORK/s2.log" $((RSS_N - warm)) || { kill $p1 $p2; return; }
   sleep 1; local r2; r2=$(rss_kb)
