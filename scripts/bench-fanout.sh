@@ -6,6 +6,7 @@
 #
 # Usage: scripts/bench-fanout.sh            (full matrix, ~12 minutes)
 #        QUICK=1 scripts/bench-fanout.sh    (a smoke run: N=1000 only)
+#        PHASES="rss" scripts/bench-fanout.sh   (only some of: burst rate rss)
 # Output: bench-results/fanout-<stamp>.jsonl, .md (table with ratios) and PNG plots.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -102,19 +103,26 @@ rss_phase() { # server port
 }
 
 echo "fan-out benchmark $STAMP: $(nproc) cores, kernel $(uname -r); results in $RES"
+PHASES=${PHASES:-burst rate rss}
+has() { case " $PHASES " in *" $1 "*) return 0;; *) return 1;; esac; }
 PORT=7900
 for server in floor-write floor-uring floor-gather yorker mosquitto nats redis yorker-2core; do
   PORT=$((PORT + 1))
   echo "== $server"
   start_server $server $PORT
-  for size in "${SIZES[@]}"; do for n in "${NS[@]}"; do
+  if has burst; then for size in "${SIZES[@]}"; do for n in "${NS[@]}"; do
     bench $server $PORT burst --mode burst --subs "$n" --size "$size" --bursts $BURSTS
-  done; done
-  for n in "${RATE_NS[@]}"; do for target in "${TARGETS[@]}"; do
+  done; done; fi
+  if has rate; then for n in "${RATE_NS[@]}"; do for target in "${TARGETS[@]}"; do
     rate=$(( target / n )); [ $rate -lt 1 ] && rate=1
     bench $server $PORT rate --mode rate --subs "$n" --size 64 --rate $rate --duration 4
-  done; done
-  [ "$server" = yorker-2core ] || rss_phase $server $PORT
+  done; done; fi
+  if has rss && [ "$server" != yorker-2core ]; then
+    # Memory is measured on a fresh server: one that served earlier runs reuses freed memory.
+    kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true
+    PORT=$((PORT + 1)); start_server $server $PORT
+    rss_phase $server $PORT
+  fi
   kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
 done
 $B/yorker-plot --input "$RES" --out-dir "$OUT" --font /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf | tee "$OUT/fanout-$STAMP.md"
