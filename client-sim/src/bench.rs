@@ -210,7 +210,9 @@ pub fn run(a: &BenchArgs) -> Result<i32, String> {
             let want = (published * a.subs) as u64;
             // Bounded: an overloaded server may take a long time to drain; what has not
             // arrived 3 s after the last publish counts as not delivered.
-            while still.elapsed() < Duration::from_secs(1) && tail_start.elapsed() < Duration::from_secs(3) {
+            while still.elapsed() < Duration::from_secs(1)
+                && tail_start.elapsed() < Duration::from_secs(3)
+            {
                 let now = shared.received.load(Ordering::Relaxed);
                 if now >= want {
                     break;
