@@ -4,6 +4,8 @@
 # processes on other cores; then a few updates fanned out to all of them. Bounded: every
 # process stops by itself (durations) and is killed on exit. Loopback only.
 # Usage: CONNS=1000000 ENGINE_CORES=8 CLIENT_PROCS=8 scripts/capacity-large.sh [outdir]
+# Each core's ring holds at most RLIMIT_NOFILE connections (hard limit; root can raise it
+# where the container allows): the engine refuses the rest with server_full.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-bench-results}
@@ -37,8 +39,10 @@ RSS0=$(awk '/^VmRSS/ {print $2}' /proc/$ENGINE/status)
 PER_PROC=$(( CONNS / CLIENT_PROCS ))
 for i in $(seq 0 $((CLIENT_PROCS - 1))); do
   # 25,000 clients per source address: give each process its own block of addresses.
-  base=$(( 1 + i * (PER_PROC / 25000 + 1) ))
-  taskset -c "$ENGINE_CORES-$(( $(nproc) - 1 ))" "$B/yorker-sim" subscribe --addr 127.0.0.1:$PORT \
+  # (127.0.0.1 stays free for the publisher.)
+  base=$(( 2 + i * (PER_PROC / 25000 + 1) ))
+  pin=""; [ "$ENGINE_CORES" -lt "$(nproc)" ] && pin="taskset -c $ENGINE_CORES-$(( $(nproc) - 1 ))"
+  $pin "$B/yorker-sim" subscribe --addr 127.0.0.1:$PORT \
     --clients $PER_PROC --threads $(( PER_PROC / 18000 + 1 )) --ramp 25000 --duration 100 \
     --raw --source-base $base >"$OUT/clients-$i.log" 2>&1 &
   pids+=($!)
