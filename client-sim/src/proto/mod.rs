@@ -149,6 +149,31 @@ pub enum Event<'a> {
     Other,
 }
 
+/// Runs `parse` over the buffered tail of earlier reads plus `data`. `parse` consumes whole
+/// messages from the front and returns the bytes it used; the incomplete rest is kept for the
+/// next read. Shared by every protocol's parser.
+pub(crate) fn feed_buffered(
+    partial: &mut Vec<u8>,
+    data: &[u8],
+    parse: impl FnOnce(&[u8]) -> Result<usize, ParseError>,
+) -> Result<(), ParseError> {
+    if partial.is_empty() {
+        // The common case: no copy unless a message is split across reads.
+        let used = parse(data)?;
+        partial.extend_from_slice(&data[used..]);
+    } else {
+        partial.extend_from_slice(data);
+        let buf = std::mem::take(partial);
+        let used = parse(&buf)?;
+        *partial = buf;
+        partial.drain(..used);
+    }
+    if partial.is_empty() && partial.capacity() > 0 {
+        *partial = Vec::new();
+    }
+    Ok(())
+}
+
 /// Why a stream could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("protocol error: {0}")]

@@ -70,16 +70,7 @@ pub struct Parser {
 impl Parser {
     /// Feeds bytes; calls `on` per packet.
     pub fn feed(&mut self, data: &[u8], on: &mut dyn FnMut(Event<'_>)) -> Result<(), ParseError> {
-        if self.partial.is_empty() {
-            let used = parse(data, on)?;
-            self.partial.extend_from_slice(&data[used..]);
-        } else {
-            self.partial.extend_from_slice(data);
-            let buf = std::mem::take(&mut self.partial);
-            let used = parse(&buf, on)?;
-            self.partial = buf[used..].to_vec();
-        }
-        Ok(())
+        super::feed_buffered(&mut self.partial, data, |b| parse(b, on))
     }
 }
 

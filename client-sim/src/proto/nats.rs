@@ -34,24 +34,15 @@ const MAX_LINE: usize = 64 * 1024;
 const MAX_MSG: usize = 64 * 1024 * 1024;
 
 impl Parser {
-    /// Feeds bytes; calls `on` per message. `Event::GoAway { reconnect_after_ms: 0 }` is never
-    /// produced; a server PING is reported as `Event::Other` with `ping` set through `pinged`.
+    /// Feeds bytes; calls `on` per message. A server PING sets `pinged` (the caller answers
+    /// with [`PONG`]).
     pub fn feed(
         &mut self,
         data: &[u8],
         pinged: &mut bool,
         on: &mut dyn FnMut(Event<'_>),
     ) -> Result<(), ParseError> {
-        if self.partial.is_empty() {
-            let used = parse(data, pinged, on)?;
-            self.partial.extend_from_slice(&data[used..]);
-        } else {
-            self.partial.extend_from_slice(data);
-            let buf = std::mem::take(&mut self.partial);
-            let used = parse(&buf, pinged, on)?;
-            self.partial = buf[used..].to_vec();
-        }
-        Ok(())
+        super::feed_buffered(&mut self.partial, data, |b| parse(b, pinged, on))
     }
 }
 

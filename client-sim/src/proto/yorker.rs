@@ -19,20 +19,7 @@ pub const MAX_FRAME: usize = 16 << 20;
 impl Parser {
     /// Feeds received bytes, calling `on` for every whole frame.
     pub fn feed(&mut self, data: &[u8], on: &mut dyn FnMut(Event<'_>)) -> Result<(), ParseError> {
-        if self.partial.is_empty() {
-            let used = parse_frames(data, on)?;
-            self.partial.extend_from_slice(&data[used..]);
-        } else {
-            self.partial.extend_from_slice(data);
-            let buf = std::mem::take(&mut self.partial);
-            let used = parse_frames(&buf, on)?;
-            self.partial = buf;
-            self.partial.drain(..used);
-            if self.partial.is_empty() {
-                self.partial = Vec::new();
-            }
-        }
-        Ok(())
+        super::feed_buffered(&mut self.partial, data, |b| parse_frames(b, on))
     }
 }
 
