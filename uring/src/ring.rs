@@ -148,11 +148,6 @@ impl Ring {
         self.enters
     }
 
-    /// SQEs queued and not yet submitted.
-    pub fn pending_sqes(&mut self) -> usize {
-        self.uring.submission().len()
-    }
-
     /// Queues an SQE, submitting first if the SQ is full.
     ///
     /// # Safety
@@ -222,13 +217,17 @@ impl Ring {
         unsafe { self.push(&e) }
     }
 
+    /// The buffer group receives draw from.
+    fn bgid(&self) -> io::Result<u16> {
+        self.bufs
+            .as_ref()
+            .map(|b| b.bgid())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "ring has no buffer ring"))
+    }
+
     /// Arms a multishot receive on direct descriptor `slot`, drawing from the buffer ring.
     pub fn recv_multi(&mut self, slot: u32, user_data: u64) -> io::Result<()> {
-        let bgid = self
-            .bufs
-            .as_ref()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "ring has no buffer ring"))?
-            .bgid();
+        let bgid = self.bgid()?;
         let e = opcode::RecvMulti::new(types::Fixed(slot), bgid)
             .build()
             .user_data(user_data);
@@ -239,11 +238,7 @@ impl Ring {
     /// Arms one (not multishot) receive on `slot` that picks a buffer from the buffer ring.
     /// Lets a caller pace its reads, e.g. to simulate a slow reader.
     pub fn recv_once(&mut self, slot: u32, user_data: u64) -> io::Result<()> {
-        let bgid = self
-            .bufs
-            .as_ref()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "ring has no buffer ring"))?
-            .bgid();
+        let bgid = self.bgid()?;
         let e = opcode::Recv::new(types::Fixed(slot), std::ptr::null_mut(), 0)
             .buf_group(bgid)
             .build()

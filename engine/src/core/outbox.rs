@@ -23,6 +23,18 @@ pub struct Entry {
     pub conflatable: bool,
 }
 
+impl Entry {
+    /// A control frame (SUBACK, PONG, HEARTBEAT, ERROR, GOAWAY): no topic, never conflated.
+    pub fn control(frame: Bytes) -> Entry {
+        Entry {
+            frame,
+            topic: 0,
+            seq: 0,
+            conflatable: false,
+        }
+    }
+}
+
 /// What `push` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
@@ -154,12 +166,7 @@ impl Outbox {
     /// Queues a connection's last frame (ERROR or GOAWAY) ahead of everything, beyond the limit.
     pub fn push_final(&mut self, frame: Bytes) {
         self.add(frame.len());
-        self.q.push_front(Entry {
-            frame,
-            topic: 0,
-            seq: 0,
-            conflatable: false,
-        });
+        self.q.push_front(Entry::control(frame));
         self.urgent += 1;
     }
 
@@ -167,12 +174,7 @@ impl Outbox {
     /// goes out first).
     pub fn push_last(&mut self, frame: Bytes) {
         self.add(frame.len());
-        self.q.push_back(Entry {
-            frame,
-            topic: 0,
-            seq: 0,
-            conflatable: false,
-        });
+        self.q.push_back(Entry::control(frame));
     }
 
     /// Drops queued updates of `topic` (after UNSUBSCRIBE); returns the bytes freed.

@@ -10,8 +10,8 @@ use bytes::{Bytes, BytesMut};
 use yorker_wire::codec::decode_one;
 use yorker_wire::{
     frame::{update_flags, HANDSHAKE_MAX_FRAME, PROTOCOL_VERSION, UPDATE_HEADER_LEN},
-    topic, DecodeError, ErrorCode, ErrorFrame, Frame, GoAway, Limits, Role, SubAck, SubAckEntry,
-    SubResult, Welcome,
+    topic, ErrorCode, ErrorFrame, Frame, GoAway, Limits, Role, SubAck, SubAckEntry, SubResult,
+    Welcome,
 };
 
 use super::outbox::{Entry, Outbox, Pushed};
@@ -328,7 +328,7 @@ impl ShardCore {
                 Ok(None) => break,
                 Err(e) => {
                     let msg = e.to_string();
-                    self.fail(slot, decode_error_code(&e), &msg, now);
+                    self.fail(slot, e.code(), &msg, now);
                     break;
                 }
             }
@@ -817,13 +817,7 @@ impl ShardCore {
             return;
         };
         let len = f.len();
-        let e = Entry {
-            frame: f,
-            topic: 0,
-            seq: 0,
-            conflatable: false,
-        };
-        if c.outbox.push_urgent(e, limit).0 == Pushed::Overflow {
+        if c.outbox.push_urgent(Entry::control(f), limit).0 == Pushed::Overflow {
             self.stats.slow_disconnects += 1;
             self.abort(slot);
             return;
@@ -911,10 +905,6 @@ impl ShardCore {
             );
         }
     }
-}
-
-fn decode_error_code(e: &DecodeError) -> ErrorCode {
-    e.code()
 }
 
 /// Compares secrets without an early exit that would leak their common prefix length.
