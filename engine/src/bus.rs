@@ -9,6 +9,7 @@ use crossbeam_queue::SegQueue;
 use yorker_uring::EventFd;
 
 use crate::core::{Bus, UpdateMsg};
+use crate::relay::origin::FeedTap;
 
 /// One shard's inbound side.
 #[derive(Debug)]
@@ -48,11 +49,12 @@ impl Inbox {
 #[derive(Debug)]
 pub struct ShardBus {
     inboxes: Vec<Arc<Inbox>>,
+    tap: Option<Arc<FeedTap>>,
 }
 
 impl ShardBus {
-    /// A bus for `shards` shards.
-    pub fn new(shards: usize) -> std::io::Result<Self> {
+    /// A bus for `shards` shards; `tap` also gets every update (the origin's multicast feed).
+    pub fn new(shards: usize, tap: Option<Arc<FeedTap>>) -> std::io::Result<Self> {
         let inboxes = (0..shards)
             .map(|_| {
                 Ok(Arc::new(Inbox {
@@ -62,7 +64,7 @@ impl ShardBus {
                 }))
             })
             .collect::<std::io::Result<_>>()?;
-        Ok(ShardBus { inboxes })
+        Ok(ShardBus { inboxes, tap })
     }
 
     /// Shard `i`'s inbox.
@@ -80,6 +82,9 @@ impl ShardBus {
 
 impl Bus for ShardBus {
     fn publish(&self, msg: UpdateMsg) {
+        if let Some(t) = &self.tap {
+            t.offer(&msg);
+        }
         let last = self.inboxes.len() - 1;
         for (i, inbox) in self.inboxes.iter().enumerate() {
             // The frame is shared: cloning the message bumps a reference count, no copy.

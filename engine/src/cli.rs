@@ -7,12 +7,51 @@ use std::time::{Duration, Instant};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::config::ServeArgs;
+use crate::config::{RelayArgs, ServeArgs};
+use crate::relay::follower::{Follower, Source};
+use crate::relay::upstream::UpstreamConfig;
 use crate::{Server, Totals};
 
 /// Runs `yorker serve` until SIGTERM/SIGINT; exit 0 after a graceful shutdown, 1 on a start-up
 /// or shard error, 2 on bad flags.
 pub fn serve(args: ServeArgs) -> ExitCode {
+    run(args, None)
+}
+
+/// Runs `yorker relay`: an engine whose updates come from an origin (multicast feed) or an
+/// upstream engine (TCP) instead of publishers.
+pub fn relay(args: ServeArgs, relay: RelayArgs) -> ExitCode {
+    if let Err(e) = relay.check(&args) {
+        eprintln!("yorker relay: {e}");
+        return ExitCode::from(2);
+    }
+    run(args, Some(relay))
+}
+
+fn start_follower(server: &Server, args: &ServeArgs, r: &RelayArgs) -> std::io::Result<Follower> {
+    let upstream = UpstreamConfig {
+        addr: r
+            .upstream
+            .clone()
+            .or_else(|| r.recovery.clone())
+            .unwrap_or_default(),
+        key: r.upstream_key.clone(),
+        connect_timeout: Duration::from_secs(2),
+    };
+    let source = match (&r.upstream, args.multicast_if) {
+        (Some(_), _) => Source::Upstream,
+        (None, Some(interface)) => Source::Multicast {
+            groups: r.multicast_in.clone(),
+            interface,
+            recovery: upstream.addr.clone(),
+            receiver: r.receiver(args.multicast_channel),
+        },
+        (None, None) => unreachable!("RelayArgs::check requires --multicast-if"),
+    };
+    Follower::start(source, upstream, server.injector())
+}
+
+fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
     let cfg = match args.to_config() {
         Ok(c) => c,
         Err(e) => {
@@ -42,18 +81,39 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         cores,
         server.files_per_shard()
     );
+    if server.has_feed() {
+        eprintln!(
+            "yorker: multicasting every update to {:?} (NAKs on udp {})",
+            args.multicast_out,
+            server.local_addr()
+        );
+    }
+    let mut follower = match &relay {
+        None => None,
+        Some(r) => match start_follower(&server, &args, r) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("yorker relay: cannot follow the origin: {e}");
+                return ExitCode::from(1);
+            }
+        },
+    };
+    let feed = server.has_feed() || relay.is_some();
     let server = std::sync::Arc::new(server);
     if args.stats_interval > 0 {
         let s = server.clone();
         let every = Duration::from_secs(args.stats_interval);
         std::thread::Builder::new()
             .name("yorker-stats".into())
-            .spawn(move || stats_loop(&s, every))
+            .spawn(move || stats_loop(&s, every, feed))
             .ok();
     }
     // Block until a signal arrives.
     let first = signals.forever().next();
     eprintln!("yorker: signal {first:?}: stopping (GOAWAY to every client, draining)");
+    if let Some(f) = follower.as_mut() {
+        f.stop();
+    }
     server.begin_shutdown();
     // A second signal aborts the drain.
     std::thread::spawn(move || {
@@ -70,6 +130,9 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         "yorker: stopped. {}",
         stats_line(&t, &Totals::default(), Duration::ZERO)
     );
+    if feed {
+        eprintln!("yorker: {}", server.feed_stats().line());
+    }
     match std::sync::Arc::try_unwrap(server) {
         Ok(s) => match s.join() {
             Ok(()) => ExitCode::SUCCESS,
@@ -83,7 +146,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-fn stats_loop(server: &Server, every: Duration) {
+fn stats_loop(server: &Server, every: Duration, feed: bool) {
     let mut last = server.totals();
     let mut at = Instant::now();
     loop {
@@ -97,6 +160,9 @@ fn stats_loop(server: &Server, every: Duration) {
             stats_line(&t, &last, at.elapsed()),
             server.take_fanout_max_us()
         );
+        if feed {
+            eprintln!("yorker: {}", server.feed_stats().line());
+        }
         last = t;
         at = Instant::now();
     }

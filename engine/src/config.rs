@@ -1,10 +1,12 @@
 //! `yorker serve` flags (each also a `YORKER_*` environment variable) -> [`ServerConfig`].
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use clap::{Args, ValueEnum};
 
 use crate::core::{CoreConfig, SlowPolicy};
+use crate::relay::receiver::ReceiverConfig;
+use crate::relay::MulticastOut;
 use crate::server::ServerConfig;
 
 /// What to do with a connection whose outbox is full.
@@ -51,6 +53,14 @@ pub struct ServeArgs {
     /// Key publishers present as their HELLO token; without it no connection may publish.
     #[arg(long, env = "YORKER_PUBLISHER_KEY", hide_env_values = true)]
     pub publisher_key: Option<String>,
+    /// Key relays present as their HELLO token; without it any relay may connect (relays only
+    /// read, but each receives every topic).
+    #[arg(long, env = "YORKER_RELAY_KEY", hide_env_values = true)]
+    pub relay_key: Option<String>,
+    /// Outbox bytes per relay connection (every topic, never conflated; beyond it the relay is
+    /// disconnected and resynchronises).
+    #[arg(long, env = "YORKER_RELAY_OUTBOX_LIMIT", default_value_t = 64 * 1024 * 1024)]
+    pub relay_outbox_limit: usize,
     /// Outbox bytes per connection before the slow-consumer policy applies.
     #[arg(long, env = "YORKER_OUTBOX_LIMIT", default_value_t = 262_144)]
     pub outbox_limit: usize,
@@ -93,6 +103,109 @@ pub struct ServeArgs {
     /// Seconds between one-line stats on stderr; 0 turns them off.
     #[arg(long, env = "YORKER_STATS_INTERVAL", default_value_t = 5)]
     pub stats_interval: u64,
+    /// Origin: also multicast every update to relays, to GROUP:PORT (repeat, or comma-separate,
+    /// for an A/B feed on two groups). Needs --multicast-if.
+    #[arg(long, env = "YORKER_MULTICAST_OUT", value_delimiter = ',')]
+    pub multicast_out: Vec<SocketAddrV4>,
+    /// Local IPv4 address of the interface multicast is sent from (relays: joined on). Never
+    /// defaulted, so a feed cannot leak onto the wrong network.
+    #[arg(long, env = "YORKER_MULTICAST_IF")]
+    pub multicast_if: Option<Ipv4Addr>,
+    /// IP TTL of feed datagrams (1 keeps them on the local subnet).
+    #[arg(long, env = "YORKER_MULTICAST_TTL", default_value_t = 1)]
+    pub multicast_ttl: u32,
+    /// Feed channel number (relays follow one channel; several origins may share a group).
+    #[arg(long, env = "YORKER_MULTICAST_CHANNEL", default_value_t = 0)]
+    pub multicast_channel: u16,
+    /// Largest feed datagram in bytes (keep it under the path MTU: 1472 on Ethernet).
+    #[arg(long, env = "YORKER_MULTICAST_DATAGRAM", default_value_t = 1472)]
+    pub multicast_datagram: usize,
+    /// Feed heartbeat interval while idle, ms (relays see tail loss within it).
+    #[arg(long, env = "YORKER_MULTICAST_HEARTBEAT_MS", default_value_t = 100)]
+    pub multicast_heartbeat_ms: u64,
+    /// How long the origin keeps sent datagrams for retransmission, ms.
+    #[arg(long, env = "YORKER_RETRANSMIT_MS", default_value_t = 5_000)]
+    pub retransmit_ms: u64,
+    /// Bytes of sent datagrams kept for retransmission at most.
+    #[arg(long, env = "YORKER_RETRANSMIT_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub retransmit_bytes: usize,
+}
+
+/// Flags of `yorker relay` besides those of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct RelayArgs {
+    /// Follow the origin's multicast feed on GROUP:PORT (repeat for A/B groups on one port).
+    /// Needs --multicast-if and --recovery.
+    #[arg(long, env = "YORKER_MULTICAST_IN", value_delimiter = ',')]
+    pub multicast_in: Vec<SocketAddrV4>,
+    /// The origin engine's HOST:PORT: NAKs go there over UDP, snapshots come from it over TCP.
+    #[arg(long, env = "YORKER_RECOVERY")]
+    pub recovery: Option<String>,
+    /// Follow an upstream engine (origin or relay) over TCP instead of multicast: HOST:PORT.
+    #[arg(long, env = "YORKER_UPSTREAM", conflicts_with = "multicast_in")]
+    pub upstream: Option<String>,
+    /// Relay key the upstream or origin expects (its --relay-key).
+    #[arg(long, env = "YORKER_UPSTREAM_KEY", hide_env_values = true)]
+    pub upstream_key: Option<String>,
+    /// Longest random delay before a NAK, ms.
+    #[arg(long, env = "YORKER_NAK_DELAY_MS", default_value_t = 10)]
+    pub nak_delay_ms: u64,
+    /// Wait for a retransmit before NAKing again, ms.
+    #[arg(long, env = "YORKER_NAK_RETRY_MS", default_value_t = 50)]
+    pub nak_retry_ms: u64,
+    /// NAKs for one gap before resynchronising from a snapshot.
+    #[arg(long, env = "YORKER_NAK_ATTEMPTS", default_value_t = 3)]
+    pub nak_attempts: u32,
+    /// Datagrams held out of order (or during a snapshot) before resynchronising.
+    #[arg(long, env = "YORKER_MAX_PENDING_DATAGRAMS", default_value_t = 8192)]
+    pub max_pending_datagrams: usize,
+}
+
+impl RelayArgs {
+    /// Validates the relay flags against the engine flags.
+    pub fn check(&self, serve: &ServeArgs) -> Result<(), String> {
+        if serve.publisher_key.is_some() {
+            return Err(
+                "a relay takes no publishers: drop --publisher-key (publish to the origin)".into(),
+            );
+        }
+        if !serve.multicast_out.is_empty() {
+            return Err("--multicast-out is for origins; a relay serves further relays over TCP (--upstream)".into());
+        }
+        match (&self.upstream, self.multicast_in.is_empty()) {
+            (None, true) => {
+                Err("a relay needs --multicast-in GROUP:PORT or --upstream HOST:PORT".into())
+            }
+            (Some(_), _) => Ok(()),
+            (None, false) => {
+                if serve.multicast_if.is_none() {
+                    return Err("--multicast-in needs --multicast-if ADDR (the local interface to join the group on)".into());
+                }
+                if self.recovery.is_none() {
+                    return Err("--multicast-in needs --recovery HOST:PORT (the origin, for NAKs and snapshots)".into());
+                }
+                if self.nak_attempts == 0 || self.max_pending_datagrams < 16 {
+                    return Err(
+                        "--nak-attempts must be at least 1 and --max-pending-datagrams at least 16"
+                            .into(),
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Gap-handling settings.
+    pub fn receiver(&self, channel: u16) -> ReceiverConfig {
+        ReceiverConfig {
+            channel,
+            nak_delay_ms: self.nak_delay_ms,
+            nak_retry_ms: self.nak_retry_ms.max(1),
+            nak_attempts: self.nak_attempts,
+            max_pending: self.max_pending_datagrams,
+            ..ReceiverConfig::default()
+        }
+    }
 }
 
 /// A parsed CPU list.
@@ -195,13 +308,62 @@ impl ServeArgs {
                 "--publisher-key must be 1 to 255 bytes",
             )?;
         }
+        if let Some(k) = &self.relay_key {
+            check(
+                !k.is_empty() && k.len() <= 255,
+                "--relay-key must be 1 to 255 bytes",
+            )?;
+        }
+        check(
+            self.relay_outbox_limit >= 65_536,
+            "--relay-outbox-limit must be at least 65536",
+        )?;
+        let mut max_frame = self.max_frame;
+        let multicast = if self.multicast_out.is_empty() {
+            None
+        } else {
+            let Some(interface) = self.multicast_if else {
+                return Err("--multicast-out needs --multicast-if ADDR: the local interface to send from (there is no default, so a feed never leaks onto the wrong network)".into());
+            };
+            check(
+                self.multicast_out.iter().all(|g| g.ip().is_multicast()),
+                "--multicast-out needs multicast groups (224.0.0.0/4)",
+            )?;
+            check(
+                (yorker_wire::feed::MIN_DATAGRAM..=yorker_wire::feed::MAX_DATAGRAM)
+                    .contains(&self.multicast_datagram),
+                "--multicast-datagram must be between 256 and 65507",
+            )?;
+            check(
+                self.multicast_heartbeat_ms >= 1 && self.multicast_ttl <= 255,
+                "--multicast-heartbeat-ms must be at least 1 and --multicast-ttl at most 255",
+            )?;
+            // Every UPDATE must fit one datagram (with its topic name and the header).
+            let fits =
+                (yorker_wire::feed::MAX_DATAGRAM - yorker_wire::feed::FEED_HEADER_LEN - 256 - 4)
+                    as u32;
+            if max_frame > fits {
+                eprintln!("yorker: --max-frame {max_frame} lowered to {fits} so that every update fits one feed datagram");
+                max_frame = fits;
+            }
+            Some(MulticastOut {
+                groups: self.multicast_out.clone(),
+                interface,
+                ttl: self.multicast_ttl,
+                channel: self.multicast_channel,
+                max_datagram: self.multicast_datagram,
+                heartbeat_ms: self.multicast_heartbeat_ms,
+                retransmit_ms: self.retransmit_ms,
+                retransmit_bytes: self.retransmit_bytes,
+            })
+        };
         Ok(ServerConfig {
             listen: self.listen,
             cores,
             cpus: self.cpus.clone().map(|c| c.0).unwrap_or_default(),
             core: CoreConfig {
                 max_connections: self.max_conns_per_core,
-                max_frame: self.max_frame,
+                max_frame,
                 max_subscriptions: self.max_subscriptions,
                 outbox_limit: self.outbox_limit,
                 shard_outbox_cap: self.shard_outbox_cap,
@@ -213,6 +375,8 @@ impl ServeArgs {
                 heartbeat_ms: self.heartbeat_ms,
                 write_timeout_ms: self.write_timeout_ms,
                 publisher_key: self.publisher_key.clone(),
+                relay_key: self.relay_key.clone(),
+                relay_outbox_limit: self.relay_outbox_limit,
                 max_frames_per_send: self.max_frames_per_send,
                 goaway_base_ms: self.goaway_base_ms,
                 goaway_jitter_ms: self.goaway_jitter_ms,
@@ -224,6 +388,7 @@ impl ServeArgs {
             recv_buffers: self.recv_buffers,
             recv_buffer_size: self.recv_buffer_size,
             sq_entries: self.sq_entries,
+            multicast,
         })
     }
 }

@@ -12,6 +12,7 @@ pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod core;
+pub mod relay;
 pub mod server;
 pub mod shard;
 pub mod stats;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use yorker_engine::config::ServeArgs;
+use yorker_engine::config::{RelayArgs, ServeArgs};
 
 /// yorker: a thread-per-core io_uring push engine.
 #[derive(Debug, Parser)]
@@ -17,10 +17,19 @@ struct Cli {
 enum Command {
     /// Run the engine until SIGTERM/SIGINT, then shut down gracefully (GOAWAY, drain, exit 0).
     Serve(ServeArgs),
+    /// Run a relay engine: its updates come from an origin's multicast feed (--multicast-in) or
+    /// from an upstream engine over TCP (--upstream); clients connect to it as to any engine.
+    Relay {
+        #[command(flatten)]
+        relay: RelayArgs,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(args) => yorker_engine::cli::serve(args),
+        Command::Relay { relay, serve } => yorker_engine::cli::relay(serve, relay),
     }
 }

@@ -12,6 +12,8 @@ use yorker_uring::RingConfig;
 
 use crate::bus::ShardBus;
 use crate::core::{CoreConfig, CoreStats, Registry, ShardCore};
+use crate::relay::origin::Origin;
+use crate::relay::{FeedStats, Injector, MulticastOut};
 use crate::shard::{self, ShardSetup};
 use crate::stats::{self, SharedStats};
 
@@ -38,6 +40,8 @@ pub struct ServerConfig {
     pub recv_buffer_size: u32,
     /// Submission queue size per shard.
     pub sq_entries: u32,
+    /// Multicast every update to relays (origin side of docs/RELAYS.md).
+    pub multicast: Option<MulticastOut>,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +57,7 @@ impl Default for ServerConfig {
             recv_buffers: 2048,
             recv_buffer_size: 2048,
             sq_entries: 4096,
+            multicast: None,
         }
     }
 }
@@ -94,6 +99,8 @@ pub struct Server {
     registry: Arc<Registry>,
     stats: Vec<Arc<SharedStats>>,
     files_per_shard: u32,
+    feed_stats: Arc<FeedStats>,
+    origin: Option<Origin>,
 }
 
 /// Totals over all shards.
@@ -156,7 +163,6 @@ impl Server {
             .map(|d| d.as_micros() as u64)
             .unwrap_or(1);
         let registry = Arc::new(Registry::new(epoch, cfg.history_depth, cfg.max_topics));
-        let bus = Arc::new(ShardBus::new(cfg.cores)?);
         let shutdown = Arc::new(AtomicBool::new(false));
         let epoch_instant = Instant::now();
 
@@ -176,6 +182,22 @@ impl Server {
                     .map_err(|source| StartError::Listen { addr, source })?,
             );
         }
+        let feed_stats = Arc::new(FeedStats::default());
+        let (tap, origin) = match &cfg.multicast {
+            Some(m) => {
+                // NAKs come to the listen address, over UDP.
+                let (tap, origin) = Origin::start(m, addr, registry.clone(), feed_stats.clone())
+                    .map_err(|e| {
+                        StartError::Config(format!(
+                            "cannot start the multicast feed (interface {}, NAKs on udp {addr}): {e}",
+                            m.interface
+                        ))
+                    })?;
+                (Some(tap), Some(origin))
+            }
+            None => (None, None),
+        };
+        let bus = Arc::new(ShardBus::new(cfg.cores, tap)?);
 
         // Pin shard i to the i-th CPU this process may run on (respects taskset and cpusets),
         // unless --cpus chose.
@@ -194,6 +216,8 @@ impl Server {
             registry: registry.clone(),
             stats: Vec::new(),
             files_per_shard: files,
+            feed_stats,
+            origin,
         };
         for (id, l) in listeners.into_iter().enumerate() {
             let st = Arc::new(SharedStats::default());
@@ -255,6 +279,25 @@ impl Server {
     /// The shared topic registry.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// Feeds updates numbered elsewhere into this engine's shards (a relay's follower).
+    pub fn injector(&self) -> Injector {
+        Injector::new(
+            self.registry.clone(),
+            self.bus.clone(),
+            self.feed_stats.clone(),
+        )
+    }
+
+    /// Relay-feed counters (multicast out on an origin, feed in on a relay).
+    pub fn feed_stats(&self) -> &Arc<FeedStats> {
+        &self.feed_stats
+    }
+
+    /// True when this engine multicasts a relay feed.
+    pub fn has_feed(&self) -> bool {
+        self.origin.is_some()
     }
 
     /// Direct-descriptor slots per shard.
@@ -320,6 +363,9 @@ impl Server {
                     }
                 }
             }
+        }
+        if let Some(mut o) = self.origin.take() {
+            o.stop();
         }
         result
     }

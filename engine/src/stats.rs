@@ -83,4 +83,5 @@ shared_stats!(
     heartbeats,
     sends,
     frames_sent,
+    relay_links,
 );

@@ -1,11 +1,21 @@
-//! docs/OPERATIONS.md must document every flag of `yorker serve` and its environment variable.
+//! docs/OPERATIONS.md must document every flag of `yorker serve` and `yorker relay`, and their
+//! environment variables.
 
 use std::process::Command;
 
 #[test]
 fn operations_doc_lists_every_flag_and_env_var() {
+    check("serve");
+}
+
+#[test]
+fn operations_doc_lists_every_relay_flag() {
+    check("relay");
+}
+
+fn check(command: &str) {
     let help = Command::new(env!("CARGO_BIN_EXE_yorker"))
-        .args(["serve", "--help"])
+        .args([command, "--help"])
         .output()
         .expect("yorker serve --help");
     let help = String::from_utf8_lossy(&help.stdout);
@@ -22,7 +32,7 @@ fn operations_doc_lists_every_flag_and_env_var() {
             flags += 1;
             assert!(
                 doc.contains(&format!("`{w}`")),
-                "docs/OPERATIONS.md does not document {w}"
+                "docs/OPERATIONS.md does not document {w} of `yorker {command}`"
             );
         }
         if w.starts_with("YORKER_") {

@@ -92,6 +92,19 @@ impl Frame {
                 dst.put_u32(g.reconnect_after_ms);
                 put_str16(dst, &g.message);
             }
+            Frame::Topic { topic_id, name } => {
+                dst.put_u32(*topic_id);
+                put_str8(dst, name);
+            }
+            Frame::Synced {
+                topics,
+                epoch,
+                feed_seq,
+            } => {
+                dst.put_u32(*topics);
+                dst.put_u64(*epoch);
+                dst.put_u64(*feed_seq);
+            }
         }
         let len = (dst.len() - start - LENGTH_PREFIX) as u32;
         dst[start..start + LENGTH_PREFIX].copy_from_slice(&len.to_be_bytes());
@@ -134,6 +147,7 @@ impl Frame {
             Frame::SubAck(s) => count("entries", s.entries.len()),
             Frame::Error(e) => str16("message", &e.message),
             Frame::GoAway(g) => str16("message", &g.message),
+            Frame::Topic { name, .. } => str8("name", name),
             _ => Ok(()),
         }
     }
@@ -412,6 +426,15 @@ pub fn decode_body(mut b: Bytes) -> Result<Frame, DecodeError> {
             reconnect_after_ms: r.u32("reconnect_after_ms")?,
             message: r.str16("message")?,
         }),
+        frame_type::TOPIC => Frame::Topic {
+            topic_id: r.u32("topic_id")?,
+            name: r.str8("name")?,
+        },
+        frame_type::SYNCED => Frame::Synced {
+            topics: r.u32("topics")?,
+            epoch: r.u64("epoch")?,
+            feed_seq: r.u64("feed_seq")?,
+        },
         other => return Err(DecodeError::UnknownFrameType(other)),
     };
     if r.b.has_remaining() {

@@ -43,6 +43,11 @@ pub mod frame_type {
     pub const ERROR: u8 = 0x86;
     /// Server -> client: the server is going away; reconnect later.
     pub const GOAWAY: u8 = 0x87;
+    /// Server -> relay: the name of a topic id (relay role only).
+    pub const TOPIC: u8 = 0x88;
+    /// Server -> relay: every topic's snapshot has been sent; live updates follow (relay role
+    /// only).
+    pub const SYNCED: u8 = 0x89;
 }
 
 /// What a connection intends to do; chosen once, in HELLO.
@@ -53,6 +58,9 @@ pub enum Role {
     Subscriber = 1,
     /// May publish (and subscribe); must present the publisher key as its token.
     Publisher = 2,
+    /// A downstream engine: receives every topic's snapshot, then every update, never
+    /// conflated (docs/RELAYS.md). Presents the relay key as its token when the server has one.
+    Relay = 3,
 }
 
 impl Role {
@@ -61,6 +69,7 @@ impl Role {
         match v {
             1 => Some(Role::Subscriber),
             2 => Some(Role::Publisher),
+            3 => Some(Role::Relay),
             _ => None,
         }
     }
@@ -312,6 +321,23 @@ pub enum Frame {
     Error(ErrorFrame),
     /// Server -> client: going away.
     GoAway(GoAway),
+    /// Server -> relay: a topic's id and name, sent before the first UPDATE of that id.
+    Topic {
+        /// The id UPDATE frames carry.
+        topic_id: u32,
+        /// Its name.
+        name: String,
+    },
+    /// Server -> relay: the initial snapshot is complete.
+    Synced {
+        /// Topics whose snapshot (or TOPIC alone, when they hold no value yet) was sent.
+        topics: u32,
+        /// The server epoch the sequence numbers belong to.
+        epoch: u64,
+        /// The last relay-feed datagram the server had multicast before it took the
+        /// snapshot (0 without a feed): every update in datagrams up to it is covered.
+        feed_seq: u64,
+    },
 }
 
 impl Frame {
@@ -331,6 +357,8 @@ impl Frame {
             Frame::Pong { .. } => PONG,
             Frame::Error(_) => ERROR,
             Frame::GoAway(_) => GOAWAY,
+            Frame::Topic { .. } => TOPIC,
+            Frame::Synced { .. } => SYNCED,
         }
     }
 
@@ -361,6 +389,8 @@ pub fn frame_name(t: u8) -> &'static str {
         PONG => "PONG",
         ERROR => "ERROR",
         GOAWAY => "GOAWAY",
+        TOPIC => "TOPIC",
+        SYNCED => "SYNCED",
         _ => "?",
     }
 }

@@ -8,6 +8,7 @@
 //! * [`codec`]: encoding, and the incremental [`Decoder`] that accepts any chunking.
 //! * [`error`]: [`DecodeError`], [`EncodeError`] and the [`ErrorCode`]s that travel on the wire.
 //! * [`topic`]: the topic-name rules.
+//! * [`feed`]: the UDP datagrams from an origin engine to its relays (docs/RELAYS.md).
 //! * [`score`]: the cricket score payload of the appendix.
 //!
 //! The decoder never panics and never allocates more than the frame it is decoding, whose
@@ -17,6 +18,7 @@
 
 pub mod codec;
 pub mod error;
+pub mod feed;
 pub mod frame;
 pub mod score;
 pub mod topic;

@@ -36,11 +36,11 @@ fn frame() -> impl Strategy<Value = Frame> {
         Just(SubResult::NotSubscribed),
     ];
     prop_oneof![
-        (any::<u16>(), any::<bool>(), text(30), text(30)).prop_map(
-            |(version, p, client_name, token)| {
+        (any::<u16>(), 1u8..=3, text(30), text(30)).prop_map(
+            |(version, role, client_name, token)| {
                 Frame::Hello(Hello {
                     version,
-                    role: if p { Role::Publisher } else { Role::Subscriber },
+                    role: Role::from_u8(role).expect("1..=3 are roles"),
                     client_name,
                     token,
                 })
@@ -127,6 +127,14 @@ fn frame() -> impl Strategy<Value = Frame> {
                 reconnect_after_ms,
                 message,
             })
+        }),
+        (any::<u32>(), text(40)).prop_map(|(topic_id, name)| Frame::Topic { topic_id, name }),
+        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(topics, epoch, feed_seq)| {
+            Frame::Synced {
+                topics,
+                epoch,
+                feed_seq,
+            }
         }),
     ]
 }

@@ -90,7 +90,8 @@ impl Outbox {
                 .iter_mut()
                 .skip(urgent)
                 .rev()
-                .find(|o| o.topic == e.topic && o.conflatable)
+                .find(|o| o.topic == e.topic)
+                .filter(|o| o.conflatable)
             {
                 let grown = bytes - old.frame.len() + e.frame.len();
                 if grown > limit {

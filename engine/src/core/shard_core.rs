@@ -4,6 +4,7 @@
 //! update came over the bus, time passed) and asks it what to do (which connections have
 //! frames to send, which must be closed). It never touches a socket.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -53,6 +54,10 @@ pub struct CoreConfig {
     pub write_timeout_ms: u64,
     /// Publishers must present this key; `None` refuses every publisher.
     pub publisher_key: Option<String>,
+    /// Relays must present this key; `None` lets any relay connect (they only read).
+    pub relay_key: Option<String>,
+    /// Outbox bytes per relay connection (it carries every topic, never conflated).
+    pub relay_outbox_limit: usize,
     /// Frames gathered into one send at most (iovec entries).
     pub max_frames_per_send: usize,
     /// GOAWAY reconnect hint: base ms, plus up to `goaway_jitter_ms` at random.
@@ -76,6 +81,8 @@ impl Default for CoreConfig {
             heartbeat_ms: 15_000,
             write_timeout_ms: 10_000,
             publisher_key: None,
+            relay_key: None,
+            relay_outbox_limit: 64 * 1024 * 1024,
             max_frames_per_send: 64,
             goaway_base_ms: 1_000,
             goaway_jitter_ms: 4_000,
@@ -121,6 +128,8 @@ pub struct CoreStats {
     pub sends: u64,
     /// Frames in those sends.
     pub frames_sent: u64,
+    /// Relay connections (gauge).
+    pub relay_links: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +191,16 @@ pub struct ShardCore {
     heartbeat_frame: Bytes,
     shutting_down: bool,
     overflowed: Vec<u32>,
+    relays: Vec<RelayLink>,
+}
+
+/// A downstream relay: it gets every topic, in the origin's order, never conflated, each topic
+/// id introduced by a TOPIC frame before its first UPDATE.
+#[derive(Debug)]
+struct RelayLink {
+    slot: u32,
+    /// Topic id -> the last sequence number queued (absent: TOPIC not sent yet).
+    sent: HashMap<u32, u64>,
 }
 
 impl std::fmt::Debug for ShardCore {
@@ -214,6 +233,7 @@ impl ShardCore {
             heartbeat_frame: Frame::Heartbeat.to_bytes().expect("heartbeat encodes"),
             shutting_down: false,
             overflowed: Vec::new(),
+            relays: Vec::new(),
         }
     }
 
@@ -222,6 +242,7 @@ impl ShardCore {
         let mut s = self.stats;
         s.subscriptions = self.index.total() as u64;
         s.outbox_bytes = self.total_outbox as u64;
+        s.relay_links = self.relays.len() as u64;
         s
     }
 
@@ -400,6 +421,7 @@ impl ShardCore {
         if let Some(c) = self.conns.get_mut(slot as usize).and_then(|c| c.take()) {
             self.total_outbox -= c.outbox.bytes();
             self.index.remove_conn(slot);
+            self.relays.retain(|r| r.slot != slot);
             self.stats.connections -= 1;
         }
     }
@@ -434,6 +456,11 @@ impl ShardCore {
                 }
             }
         }
+        for i in 0..self.relays.len() {
+            if !self.deliver_relay(i, msg) {
+                overflowed.push(self.relays[i].slot);
+            }
+        }
         for slot in overflowed.drain(..) {
             self.stats.slow_disconnects += 1;
             self.fail(slot, ErrorCode::SlowConsumer, "outbox limit reached", now);
@@ -446,7 +473,9 @@ impl ShardCore {
     fn deliver(&mut self, slot: u32, msg: &UpdateMsg, urgent: bool) -> bool {
         let conflate_sub = match self.index.get_mut(slot, msg.topic) {
             Some(sub) => {
-                if msg.seq <= sub.last_seq {
+                // A relay's RESET restarts the numbering (its origin restarted), so it may
+                // carry a lower seq than the subscription saw.
+                if msg.seq <= sub.last_seq && msg.flags & update_flags::RESET == 0 {
                     return true; // already queued as part of a snapshot or replay
                 }
                 sub.last_seq = msg.seq;
@@ -455,7 +484,10 @@ impl ShardCore {
             None => false, // broadcast to a non-subscriber: never conflated
         };
         let limit = self.cfg.outbox_limit;
-        let conflatable = conflate_sub && self.cfg.slow_policy == SlowPolicy::Conflate;
+        // A RESET must reach the client: a newer update may queue behind it, never replace it.
+        let conflatable = conflate_sub
+            && self.cfg.slow_policy == SlowPolicy::Conflate
+            && msg.flags & update_flags::RESET == 0;
         let Some(c) = self.conns.get_mut(slot as usize).and_then(|c| c.as_mut()) else {
             return true;
         };
@@ -491,6 +523,89 @@ impl ShardCore {
         self.stats.deliveries += 1;
         self.mark_ready(slot);
         true
+    }
+
+    /// Queues `msg` on relay link `i` in arrival order (no urgent lane: a TOPIC frame must stay
+    /// ahead of its topic's first UPDATE); false when its outbox refused it.
+    fn deliver_relay(&mut self, i: usize, msg: &UpdateMsg) -> bool {
+        let link = &mut self.relays[i];
+        let slot = link.slot;
+        let announce = match link.sent.get(&msg.topic) {
+            Some(&last) if msg.seq <= last && msg.flags & update_flags::RESET == 0 => {
+                return true; // covered by the snapshot this link started with
+            }
+            Some(_) => false,
+            None => true,
+        };
+        link.sent.insert(msg.topic, msg.seq);
+        if announce {
+            let Some(t) = self.registry.get(msg.topic) else {
+                return true;
+            };
+            if !self.push_relay(slot, topic_frame(&t)) {
+                return false;
+            }
+        }
+        if !self.push_relay(slot, msg.frame.clone()) {
+            return false;
+        }
+        self.stats.deliveries += 1;
+        true
+    }
+
+    /// Appends `frame` to a relay link's outbox (never conflated, relay limit).
+    fn push_relay(&mut self, slot: u32, frame: Bytes) -> bool {
+        let limit = self.cfg.relay_outbox_limit;
+        let Some(c) = self.conns.get_mut(slot as usize).and_then(|c| c.as_mut()) else {
+            return true;
+        };
+        if !matches!(c.phase, Phase::Active(_)) {
+            return true;
+        }
+        let len = frame.len();
+        if c.outbox.push(Entry::control(frame), limit) == Pushed::Overflow {
+            return false;
+        }
+        self.total_outbox += len;
+        self.mark_ready(slot);
+        true
+    }
+
+    /// A relay said HELLO: every topic's TOPIC and latest value, SYNCED, then live updates.
+    fn start_relay(&mut self, slot: u32, now: Now) {
+        // Read before any snapshot is taken: every datagram up to it carries only updates the
+        // snapshots below already include.
+        let feed_seq = self.registry.feed_seq();
+        let mut sent = HashMap::new();
+        let mut frames = Vec::new();
+        let topics = self.registry.all();
+        for t in &topics {
+            let start = self.registry.start_subscription(t, None);
+            sent.insert(t.id, start.seq);
+            frames.push(topic_frame(t));
+            frames.extend(start.frames);
+        }
+        frames.push(
+            Frame::Synced {
+                topics: topics.len() as u32,
+                epoch: self.registry.epoch(),
+                feed_seq,
+            }
+            .to_bytes()
+            .expect("synced encodes"),
+        );
+        self.relays.push(RelayLink { slot, sent });
+        for f in frames {
+            if !self.push_relay(slot, f) {
+                self.stats.slow_disconnects += 1;
+                return self.fail(
+                    slot,
+                    ErrorCode::SlowConsumer,
+                    "the snapshot of every topic exceeds the relay outbox limit",
+                    now,
+                );
+            }
+        }
     }
 
     /// Time passed: handshake and heartbeat timeouts, heartbeats, write timeouts, drain
@@ -607,6 +722,13 @@ impl ShardCore {
             (Some(Phase::Active(_)), Frame::Hello(_)) => {
                 self.fail(slot, ErrorCode::UnexpectedFrame, "second HELLO", now)
             }
+            (Some(Phase::Active(Role::Relay)), Frame::Subscribe(_) | Frame::Publish(_)) => self
+                .fail(
+                    slot,
+                    ErrorCode::UnexpectedFrame,
+                    "a relay receives every topic and may not publish",
+                    now,
+                ),
             (Some(Phase::Active(_)), Frame::Subscribe(s)) => self.on_subscribe(slot, s, now),
             (Some(Phase::Active(_)), Frame::Unsubscribe(u)) => self.on_unsubscribe(slot, u),
             (Some(Phase::Active(_)), Frame::Ping { nonce }) => {
@@ -647,6 +769,13 @@ impl ShardCore {
                 Some(_) => {}
             }
         }
+        if h.role == Role::Relay {
+            if let Some(k) = &self.cfg.relay_key {
+                if !constant_time_eq(k.as_bytes(), h.token.as_bytes()) {
+                    return self.fail(slot, ErrorCode::AuthFailed, "wrong relay key", now);
+                }
+            }
+        }
         let session_id = self.registry.next_session_id();
         let welcome = Frame::Welcome(Welcome {
             version: h.version.min(PROTOCOL_VERSION),
@@ -664,6 +793,9 @@ impl ShardCore {
         let c = self.conns[slot as usize].as_mut().expect("open");
         c.phase = Phase::Active(h.role);
         self.push_control(slot, welcome);
+        if h.role == Role::Relay {
+            self.start_relay(slot, now);
+        }
     }
 
     fn on_subscribe(&mut self, slot: u32, s: yorker_wire::Subscribe, now: Now) {
@@ -905,6 +1037,15 @@ impl ShardCore {
             );
         }
     }
+}
+
+fn topic_frame(t: &super::topic::Topic) -> Bytes {
+    Frame::Topic {
+        topic_id: t.id,
+        name: t.name.to_string(),
+    }
+    .to_bytes()
+    .expect("topic names fit a str8")
 }
 
 /// Compares secrets without an early exit that would leak their common prefix length.

@@ -24,6 +24,17 @@ pub struct UpdateMsg {
     pub frame: Bytes,
 }
 
+/// What [`Registry::apply`] did with a relayed update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The next update of the topic (or its first value): fanned out as it came.
+    InOrder,
+    /// Already applied: dropped.
+    Duplicate,
+    /// Continuity broke (gap, epoch change): fanned out as SNAPSHOT|RESET.
+    Reset,
+}
+
 /// Why a topic could not be created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the topic registry holds its maximum of {0} topics")]
@@ -54,6 +65,9 @@ struct TopicState {
     history: VecDeque<(u64, Bytes)>,
     snapshot: Option<Bytes>,
     snapshot_reset: Option<Bytes>,
+    /// Relays only: the origin's epoch changed and this topic has not been resynchronised yet;
+    /// its next update replaces every subscriber's state (SNAPSHOT|RESET).
+    stale: bool,
 }
 
 /// One topic.
@@ -69,32 +83,49 @@ pub struct Topic {
 /// Every topic of the server epoch.
 #[derive(Debug)]
 pub struct Registry {
-    epoch: u64,
+    epoch: AtomicU64,
     history_depth: usize,
     max_topics: usize,
     names: Mutex<HashMap<Arc<str>, u32>>,
     topics: RwLock<Vec<Arc<Topic>>>,
     frames_encoded: AtomicU64,
     next_session: AtomicU64,
+    feed_seq: AtomicU64,
 }
 
 impl Registry {
     /// An empty registry for `epoch`.
     pub fn new(epoch: u64, history_depth: usize, max_topics: usize) -> Self {
         Registry {
-            epoch,
+            epoch: AtomicU64::new(epoch),
             history_depth,
             max_topics,
             names: Mutex::new(HashMap::new()),
             topics: RwLock::new(Vec::new()),
             frames_encoded: AtomicU64::new(0),
             next_session: AtomicU64::new(1),
+            feed_seq: AtomicU64::new(0),
         }
     }
 
     /// The server epoch.
     pub fn epoch(&self) -> u64 {
-        self.epoch
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Relays only: adopts the origin's epoch. When it differs, every topic's history is
+    /// dropped (its numbers mean nothing in the new epoch) and every topic is marked stale, so
+    /// that its next update reaches each subscriber as SNAPSHOT|RESET. True when it changed.
+    pub fn adopt_epoch(&self, epoch: u64) -> bool {
+        if self.epoch.swap(epoch, Ordering::AcqRel) == epoch {
+            return false;
+        }
+        for t in self.all() {
+            let mut st = t.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.history.clear();
+            st.stale = true;
+        }
+        true
     }
 
     /// UPDATE frames encoded so far (live frames and snapshots); one per publish plus one per
@@ -111,6 +142,16 @@ impl Registry {
     /// True when no topic exists.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The last relay-feed datagram multicast (0: none, or no feed).
+    pub fn feed_seq(&self) -> u64 {
+        self.feed_seq.load(Ordering::Acquire)
+    }
+
+    /// The feed sender records each datagram it multicast.
+    pub fn set_feed_seq(&self, seq: u64) {
+        self.feed_seq.store(seq, Ordering::Release);
     }
 
     /// A fresh session id.
@@ -192,13 +233,74 @@ impl Registry {
         seq
     }
 
+    /// Relays only: applies an update that the origin numbered (`seq`, its timestamp and
+    /// flags), re-encoded once with this engine's topic id and handed to `fanout` like a local
+    /// publish. Duplicates (seq at or below the topic's) are dropped, so overlapping sources
+    /// (a snapshot and buffered live packets, A/B feeds, retransmits) need no other filter.
+    /// A gap, or the first update after an epoch change, breaks continuity: it goes out
+    /// flagged SNAPSHOT|RESET and the history restarts from it.
+    pub fn apply(
+        &self,
+        topic: &Topic,
+        u: &yorker_wire::Update,
+        fanout: &mut dyn FnMut(UpdateMsg),
+    ) -> Applied {
+        let mut st = topic.state.lock().unwrap_or_else(|e| e.into_inner());
+        let snapshot = u.flags & update_flags::SNAPSHOT != 0;
+        let (applied, flags) = if st.stale {
+            (Applied::Reset, update_flags::SNAPSHOT | update_flags::RESET)
+        } else if u.seq <= st.seq {
+            return Applied::Duplicate;
+        } else if u.seq == st.seq + 1 {
+            (Applied::InOrder, u.flags & update_flags::PUBLISH_MASK)
+        } else if st.seq == 0 && snapshot {
+            // The first value this relay learns: a snapshot, like a subscriber's.
+            (Applied::InOrder, update_flags::SNAPSHOT)
+        } else {
+            (Applied::Reset, update_flags::SNAPSHOT | update_flags::RESET)
+        };
+        st.stale = false;
+        st.seq = u.seq;
+        let frame = encode_update(topic.id, u.seq, u.timestamp_us, flags, &u.payload);
+        self.frames_encoded.fetch_add(1, Ordering::Relaxed);
+        st.last = Some(Last {
+            payload: frame.slice(UPDATE_HEADER_LEN..),
+            timestamp_us: u.timestamp_us,
+        });
+        st.snapshot = None;
+        st.snapshot_reset = None;
+        if flags & update_flags::SNAPSHOT != 0 {
+            // Continuity broke here: nothing before it can be replayed.
+            st.history.clear();
+        }
+        if self.history_depth > 0 {
+            if st.history.len() == self.history_depth {
+                st.history.pop_front();
+            }
+            st.history.push_back((u.seq, frame.clone()));
+        }
+        fanout(UpdateMsg {
+            topic: topic.id,
+            seq: u.seq,
+            flags,
+            frame,
+        });
+        applied
+    }
+
+    /// The topic's current sequence number.
+    pub fn seq(&self, topic: &Topic) -> u64 {
+        topic.state.lock().unwrap_or_else(|e| e.into_inner()).seq
+    }
+
     /// How a new subscription to `topic` starts, given an optional resume point.
     pub fn start_subscription(&self, topic: &Topic, resume: Option<ResumeFrom>) -> SubStart {
         let mut st = topic.state.lock().unwrap_or_else(|e| e.into_inner());
         let cur = st.seq;
+        let epoch = self.epoch();
         let reset = match resume {
             None => false,
-            Some(r) if r.epoch != self.epoch || r.seq > cur => true,
+            Some(r) if r.epoch != epoch || r.seq > cur || st.stale => true,
             Some(r) if r.seq == cur => {
                 return SubStart {
                     result: SubResult::Resumed,

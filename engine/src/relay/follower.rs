@@ -1,0 +1,328 @@
+//! Drives a relay: receives the origin's multicast feed (or follows an upstream over TCP) and
+//! feeds every update into the relay's own shards through the [`Injector`].
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use socket2::{Domain, Protocol, Socket, Type};
+use yorker_wire::feed::{messages, FeedHeader, Kind};
+
+use super::receiver::{Action, Receiver, ReceiverConfig, SnapshotReason};
+use super::upstream::{self, Synced, UpstreamConfig, UpstreamError};
+use super::{unix_us, FeedStats, Injector};
+
+/// Where a relay's updates come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// The origin's multicast groups (several: an A/B feed, arbitrated by sequence number).
+    Multicast {
+        /// Groups, all on the same port.
+        groups: Vec<SocketAddrV4>,
+        /// Local address of the interface to join them on.
+        interface: Ipv4Addr,
+        /// The origin's engine address: NAKs go there over UDP, snapshots over TCP.
+        recovery: String,
+        /// Gap handling.
+        receiver: ReceiverConfig,
+    },
+    /// An upstream engine over TCP.
+    Upstream,
+}
+
+/// A running follower thread.
+#[derive(Debug)]
+pub struct Follower {
+    thread: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Follower {
+    /// Starts following. `upstream` is where snapshots (and, for [`Source::Upstream`],
+    /// everything) come from.
+    pub fn start(source: Source, upstream: UpstreamConfig, injector: Injector) -> io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = match source {
+            Source::Upstream => std::thread::Builder::new()
+                .name("yorker-upstream".into())
+                .spawn(move || follow_tcp(upstream, injector, &st))?,
+            Source::Multicast {
+                groups,
+                interface,
+                recovery,
+                receiver,
+            } => {
+                let sock = join_groups(&groups, interface)?;
+                let nak_to: SocketAddr = recovery
+                    .parse()
+                    .or_else(|_| {
+                        std::net::ToSocketAddrs::to_socket_addrs(&recovery)
+                            .ok()
+                            .and_then(|mut a| a.next())
+                            .ok_or(())
+                    })
+                    .map_err(|_| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!("--recovery {recovery}: not an address"),
+                        )
+                    })?;
+                let naks = UdpSocket::bind(SocketAddr::from((interface, 0)))?;
+                let m = Multicast {
+                    sock,
+                    naks,
+                    nak_to,
+                    injector,
+                    upstream,
+                    receiver,
+                    stop: st,
+                };
+                std::thread::Builder::new()
+                    .name("yorker-feed-in".into())
+                    .spawn(move || m.run())?
+            }
+        };
+        Ok(Follower {
+            thread: Some(thread),
+            stop,
+        })
+    }
+
+    /// Stops following.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A socket on the groups' port that has joined every group on `interface`.
+fn join_groups(groups: &[SocketAddrV4], interface: Ipv4Addr) -> io::Result<UdpSocket> {
+    let port = groups
+        .first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no multicast group"))?
+        .port();
+    if groups
+        .iter()
+        .any(|g| g.port() != port || !g.ip().is_multicast())
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--multicast-in groups must be multicast addresses on one port",
+        ));
+    }
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    // Several relays (and tests) on one host share the port.
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    // One group: bind to it, so that other groups on the port are not delivered here.
+    let bind_ip = if groups.len() == 1 {
+        *groups[0].ip()
+    } else {
+        Ipv4Addr::UNSPECIFIED
+    };
+    s.bind(&SocketAddr::from((bind_ip, port)).into())?;
+    for g in groups {
+        s.join_multicast_v4(g.ip(), &interface)?;
+    }
+    // A burst must fit while the thread is busy applying the previous one.
+    let _ = s.set_recv_buffer_size(8 << 20);
+    let s: UdpSocket = s.into();
+    s.set_read_timeout(Some(Duration::from_millis(2)))?;
+    Ok(s)
+}
+
+/// Reconnect delays after a failed session: from 100 ms, doubling up to 5 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((100u64 << attempt.min(6)).min(5_000))
+}
+
+/// Sleeps `d` in short steps; false when asked to stop meanwhile.
+fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        if stop.load(Ordering::Acquire) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10).min(until - Instant::now()));
+    }
+    !stop.load(Ordering::Acquire)
+}
+
+fn follow_tcp(cfg: UpstreamConfig, injector: Injector, stop: &AtomicBool) {
+    let mut attempt = 0u32;
+    let mut first = true;
+    while !stop.load(Ordering::Acquire) {
+        let r = upstream::session(&cfg, &injector, true, stop, &mut |s| {
+            eprintln!(
+                "yorker relay: synced with upstream {} (epoch {:#x}, {} topics)",
+                cfg.addr, s.epoch, s.topics
+            );
+            if !first {
+                FeedStats::add(&injector.stats().snapshot_fallbacks, 1);
+            }
+            first = false;
+        });
+        let wait = match r {
+            Err(UpstreamError::Stopped) => return,
+            Err(UpstreamError::GoAway { after_ms, .. }) => {
+                attempt = 0;
+                Duration::from_millis(after_ms as u64)
+            }
+            Err(e) => {
+                eprintln!("yorker relay: {e}");
+                attempt += 1;
+                backoff(attempt)
+            }
+            Ok(_) => backoff(0),
+        };
+        if !sleep_unless_stopped(wait, stop) {
+            return;
+        }
+    }
+}
+
+struct Multicast {
+    sock: UdpSocket,
+    naks: UdpSocket,
+    nak_to: SocketAddr,
+    injector: Injector,
+    upstream: UpstreamConfig,
+    receiver: ReceiverConfig,
+    stop: Arc<AtomicBool>,
+}
+
+type SnapshotResult = Result<Synced, String>;
+
+impl Multicast {
+    fn run(self) {
+        let started = Instant::now();
+        let now_ms = || started.elapsed().as_millis() as u64;
+        let stats = self.injector.stats().clone();
+        let (mut rx, first) = Receiver::new(self.receiver.clone(), unix_us());
+        let mut actions = vec![first];
+        let (done_tx, done_rx) = mpsc::channel::<SnapshotResult>();
+        let mut snapshot_running = false;
+        // After a failed snapshot the next one waits (the origin may be restarting).
+        let mut snapshot_due: Option<Instant> = None;
+        let mut failures = 0u32;
+        let mut buf = vec![0u8; 65_536];
+        let mut last_recv_stat = (0u64, 0u64, 0u64, 0u64);
+        while !self.stop.load(Ordering::Acquire) {
+            for a in actions.drain(..) {
+                match a {
+                    Action::Deliver(d) => self.deliver(&d),
+                    Action::Nak { epoch, seq, count } => {
+                        let h = FeedHeader {
+                            kind: Kind::Nak,
+                            flags: 0,
+                            channel: self.receiver.channel,
+                            epoch,
+                            seq,
+                            send_time_us: 0,
+                            count,
+                        };
+                        let _ = self.naks.send_to(&h.to_bytes(), self.nak_to);
+                    }
+                    Action::Snapshot(reason) => {
+                        if reason != SnapshotReason::Start {
+                            FeedStats::add(&stats.snapshot_fallbacks, 1);
+                            eprintln!("yorker relay: resynchronising from a snapshot ({reason:?})");
+                        }
+                        snapshot_due = Some(snapshot_due.unwrap_or_else(Instant::now));
+                    }
+                }
+            }
+            if !snapshot_running && snapshot_due.is_some_and(|t| Instant::now() >= t) {
+                snapshot_due = None;
+                snapshot_running = true;
+                let cfg = self.upstream.clone();
+                let inj = self.injector.clone();
+                let tx = done_tx.clone();
+                let stop = self.stop.clone();
+                std::thread::spawn(move || {
+                    let r = upstream::session(&cfg, &inj, false, &stop, &mut |_| {})
+                        .map_err(|e| e.to_string());
+                    let _ = tx.send(r);
+                });
+            }
+            if let Ok(r) = done_rx.try_recv() {
+                snapshot_running = false;
+                match r {
+                    Ok(s) => {
+                        failures = 0;
+                        rx.snapshot_done(s.epoch, s.feed_seq, now_ms(), &mut actions);
+                    }
+                    Err(e) => {
+                        eprintln!("yorker relay: snapshot failed: {e}");
+                        failures += 1;
+                        rx.snapshot_failed(&mut actions);
+                        snapshot_due = Some(Instant::now() + backoff(failures));
+                        actions.retain(|a| !matches!(a, Action::Snapshot(_)));
+                    }
+                }
+                continue;
+            }
+            match self.sock.recv_from(&mut buf) {
+                Ok((n, _)) => {
+                    FeedStats::add(&stats.datagrams_in, 1);
+                    let d = Bytes::copy_from_slice(&buf[..n]);
+                    match FeedHeader::decode(&d) {
+                        // A DATA datagram whose messages do not parse is treated as lost (and
+                        // NAKed), never half applied.
+                        Ok(h) if h.kind != Kind::Data || messages(&d, &h).is_ok() => {
+                            rx.on_datagram(&h, d, now_ms(), &mut actions)
+                        }
+                        _ => FeedStats::add(&stats.bad_datagrams, 1),
+                    }
+                }
+                Err(_) => rx.on_tick(now_ms(), &mut actions),
+            }
+            let r = rx.stats();
+            let now = (r.gaps, r.naks, r.recovered, 0);
+            if now != last_recv_stat {
+                FeedStats::add(&stats.gaps, r.gaps - last_recv_stat.0);
+                FeedStats::add(&stats.naks, r.naks - last_recv_stat.1);
+                FeedStats::add(&stats.retransmits, r.recovered - last_recv_stat.2);
+                last_recv_stat = now;
+            }
+        }
+    }
+
+    fn deliver(&self, d: &Bytes) {
+        let stats = self.injector.stats();
+        let h = match FeedHeader::decode(d) {
+            Ok(h) => h,
+            Err(_) => return FeedStats::add(&stats.bad_datagrams, 1),
+        };
+        let msgs = match messages(d, &h) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("yorker relay: datagram {} refused: {e}", h.seq);
+                return FeedStats::add(&stats.bad_datagrams, 1);
+            }
+        };
+        let now = unix_us();
+        for m in msgs {
+            match self.injector.topic(&m.topic) {
+                Ok(t) => {
+                    self.injector.apply(&t, &m.update, now);
+                }
+                Err(e) => eprintln!("yorker relay: topic {:?} dropped: {e}", m.topic),
+            }
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Relays: an origin engine feeds relay engines, each serving its own clients (docs/RELAYS.md).
+//!
+//! * [`packer`] and [`receiver`] are sans-IO: datagram packing and the retransmit ring on the
+//!   origin; ordering, gap detection, NAK timing and snapshot fallback on the relay.
+//! * [`origin`] runs next to an engine started with `--multicast-out`: it multicasts every
+//!   update as the shards get it, sends heartbeats, and answers NAKs from the ring.
+//! * [`upstream`] is a relay-role TCP session to an upstream engine: a one-off snapshot of every
+//!   topic (multicast recovery), or the whole feed (`--upstream`).
+//! * [`follower`] drives a relay: the multicast receiver, or the TCP upstream, feeding the
+//!   relay's own shards through [`Injector`].
+
+pub mod follower;
+pub mod origin;
+pub mod packer;
+pub mod receiver;
+pub mod upstream;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use yorker_wire::Update;
+
+use crate::bus::ShardBus;
+use crate::core::topic::{Applied, Topic, TopicLimit};
+use crate::core::{Bus, Registry};
+
+/// Settings of the origin's multicast feed (`yorker serve --multicast-out`).
+#[derive(Debug, Clone)]
+pub struct MulticastOut {
+    /// Groups to send every datagram to (two for an A/B feed).
+    pub groups: Vec<SocketAddrV4>,
+    /// Local address of the interface to send from (required: never a default route).
+    pub interface: Ipv4Addr,
+    /// IP TTL of the datagrams (1: never leaves the subnet).
+    pub ttl: u32,
+    /// Channel number in every header.
+    pub channel: u16,
+    /// Largest datagram, bytes (UDP payload).
+    pub max_datagram: usize,
+    /// Heartbeat interval while idle, ms.
+    pub heartbeat_ms: u64,
+    /// How long the retransmit ring keeps a datagram, ms.
+    pub retransmit_ms: u64,
+    /// Bytes the retransmit ring holds at most.
+    pub retransmit_bytes: usize,
+}
+
+/// Feed counters, shared between the feed threads and the stats line. On an origin the
+/// `*_out`, NAK-received and retransmit counters move; on a relay the others.
+#[derive(Debug, Default)]
+pub struct FeedStats {
+    /// Datagrams multicast (DATA, HEARTBEAT and retransmits).
+    pub datagrams_out: AtomicU64,
+    /// Datagrams received from the group.
+    pub datagrams_in: AtomicU64,
+    /// Datagrams refused as malformed.
+    pub bad_datagrams: AtomicU64,
+    /// Gaps found in the packet sequence.
+    pub gaps: AtomicU64,
+    /// NAKs sent (relay) or received (origin).
+    pub naks: AtomicU64,
+    /// Datagrams retransmitted (origin) or recovered after a gap (relay).
+    pub retransmits: AtomicU64,
+    /// NAKed ranges the ring no longer held (origin).
+    pub unavailable: AtomicU64,
+    /// Snapshots fetched to resynchronise (not counting the one at start-up).
+    pub snapshot_fallbacks: AtomicU64,
+    /// Updates applied to this relay's registry (fanned out), duplicates excluded.
+    pub updates_applied: AtomicU64,
+    /// Updates that arrived twice (snapshot overlap, A/B, retransmits) and were dropped.
+    pub duplicates: AtomicU64,
+    /// Updates fanned out as SNAPSHOT|RESET because continuity broke.
+    pub resets: AtomicU64,
+    /// Updates the origin could not queue for multicast (relays resynchronise).
+    pub overruns: AtomicU64,
+    /// Relay lag: origin accept time to applied here, µs, of the latest update (gauge).
+    pub lag_us: AtomicU64,
+    /// Largest lag since the stats line last read it, µs.
+    pub lag_max_us: AtomicU64,
+}
+
+impl FeedStats {
+    /// Adds `n` to a counter.
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Records the lag of one applied update.
+    pub fn lag(&self, us: u64) {
+        self.lag_us.store(us, Ordering::Relaxed);
+        self.lag_max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// One-line summary for the stats line.
+    pub fn line(&self) -> String {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "feed: datagrams_out={} datagrams_in={} bad={} gaps={} naks={} retransmits={} unavailable={} snapshot_fallbacks={} applied={} duplicates={} resets={} overruns={} lag_us={} lag_max_us={}",
+            g(&self.datagrams_out),
+            g(&self.datagrams_in),
+            g(&self.bad_datagrams),
+            g(&self.gaps),
+            g(&self.naks),
+            g(&self.retransmits),
+            g(&self.unavailable),
+            g(&self.snapshot_fallbacks),
+            g(&self.updates_applied),
+            g(&self.duplicates),
+            g(&self.resets),
+            g(&self.overruns),
+            g(&self.lag_us),
+            self.lag_max_us.swap(0, Ordering::Relaxed),
+        )
+    }
+}
+
+/// Feeds updates numbered by an origin into a relay's own shards, as if published locally.
+#[derive(Debug, Clone)]
+pub struct Injector {
+    registry: Arc<Registry>,
+    bus: Arc<ShardBus>,
+    stats: Arc<FeedStats>,
+}
+
+impl Injector {
+    /// An injector into `registry`'s shards.
+    pub fn new(registry: Arc<Registry>, bus: Arc<ShardBus>, stats: Arc<FeedStats>) -> Self {
+        Injector {
+            registry,
+            bus,
+            stats,
+        }
+    }
+
+    /// The relay's registry.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The feed counters.
+    pub fn stats(&self) -> &Arc<FeedStats> {
+        &self.stats
+    }
+
+    /// The relay's topic for an origin topic name.
+    pub fn topic(&self, name: &str) -> Result<Arc<Topic>, TopicLimit> {
+        self.registry.get_or_create(name)
+    }
+
+    /// Applies one update of the origin (see [`Registry::apply`]).
+    pub fn apply(&self, topic: &Topic, u: &Update, now_us: u64) -> Applied {
+        let bus = &self.bus;
+        let a = self.registry.apply(topic, u, &mut |m| bus.publish(m));
+        match a {
+            Applied::Duplicate => FeedStats::add(&self.stats.duplicates, 1),
+            Applied::InOrder | Applied::Reset => {
+                FeedStats::add(&self.stats.updates_applied, 1);
+                if a == Applied::Reset {
+                    FeedStats::add(&self.stats.resets, 1);
+                }
+                if u.flags & yorker_wire::update_flags::SNAPSHOT == 0 {
+                    self.stats.lag(now_us.saturating_sub(u.timestamp_us));
+                }
+            }
+        }
+        a
+    }
+}
+
+/// Wall clock, µs since the Unix epoch.
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
