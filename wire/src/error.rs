@@ -151,6 +151,9 @@ error_codes! {
     TopicLimit = 14, "topic_limit";
     /// An error inside the server; the client may reconnect.
     InternalError = 15, "internal_error";
+    /// GOAWAY reason to a relay: this engine's epoch changed (its own upstream restarted);
+    /// reconnect at once and resynchronise.
+    Resync = 16, "resync";
 }
 
 impl std::fmt::Display for ErrorCode {

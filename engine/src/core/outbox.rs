@@ -278,6 +278,19 @@ mod tests {
     }
 
     #[test]
+    fn conflation_never_reaches_past_a_queued_non_conflatable_frame() {
+        // A relay's RESET (non-conflatable) queued behind an older conflatable update: the next
+        // update must queue after the RESET, not replace the older one ahead of it.
+        let mut o = Outbox::default();
+        o.push(e(1, 5, true), 1000);
+        o.push(e(1, 1, false), 1000);
+        assert_eq!(o.push(e(1, 2, true), 1000), Pushed::Queued);
+        assert_eq!(order(&o), vec![(1, 5), (1, 1), (1, 2)]);
+        assert_eq!(o.push(e(1, 3, true), 1000), Pushed::Conflated);
+        assert_eq!(order(&o), vec![(1, 5), (1, 1), (1, 3)]);
+    }
+
+    #[test]
     fn urgent_jumps_the_queue_and_keeps_topic_order() {
         let mut o = Outbox::default();
         o.push(e(1, 1, true), 1000);

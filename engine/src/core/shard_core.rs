@@ -199,6 +199,8 @@ pub struct ShardCore {
 #[derive(Debug)]
 struct RelayLink {
     slot: u32,
+    /// The epoch its snapshot belonged to.
+    epoch: u64,
     /// Topic id -> the last sequence number queued (absent: TOPIC not sent yet).
     sent: HashMap<u32, u64>,
 }
@@ -456,6 +458,7 @@ impl ShardCore {
                 }
             }
         }
+        self.check_relay_epochs(now);
         for i in 0..self.relays.len() {
             if !self.deliver_relay(i, msg) {
                 overflowed.push(self.relays[i].slot);
@@ -553,6 +556,31 @@ impl ShardCore {
         true
     }
 
+    /// On a relay whose own upstream restarted, the registry adopted a new epoch: links synced
+    /// in the old one are sent away (GOAWAY `resync`, reconnect at once) to resynchronise.
+    fn check_relay_epochs(&mut self, now: Now) {
+        if self.relays.is_empty() {
+            return;
+        }
+        let epoch = self.registry.epoch();
+        let stale: Vec<u32> = self
+            .relays
+            .iter()
+            .filter(|r| r.epoch != epoch)
+            .map(|r| r.slot)
+            .collect();
+        for slot in stale {
+            self.relays.retain(|r| r.slot != slot);
+            self.go_away(
+                slot,
+                ErrorCode::Resync,
+                0,
+                "epoch changed: resynchronise",
+                now,
+            );
+        }
+    }
+
     /// Appends `frame` to a relay link's outbox (never conflated, relay limit).
     fn push_relay(&mut self, slot: u32, frame: Bytes) -> bool {
         let limit = self.cfg.relay_outbox_limit;
@@ -594,7 +622,8 @@ impl ShardCore {
             .to_bytes()
             .expect("synced encodes"),
         );
-        self.relays.push(RelayLink { slot, sent });
+        let epoch = self.registry.epoch();
+        self.relays.push(RelayLink { slot, epoch, sent });
         for f in frames {
             if !self.push_relay(slot, f) {
                 self.stats.slow_disconnects += 1;
@@ -611,6 +640,7 @@ impl ShardCore {
     /// Time passed: handshake and heartbeat timeouts, heartbeats, write timeouts, drain
     /// deadlines.
     pub fn on_tick(&mut self, now: Now) {
+        self.check_relay_epochs(now);
         let hb = self.cfg.heartbeat_ms;
         for slot in 0..self.conns.len() as u32 {
             let Some(c) = self.conns[slot as usize].as_mut() else {
@@ -669,27 +699,41 @@ impl ShardCore {
             match phase {
                 Phase::Active(_) => {
                     let jitter = (self.next_rand() % (self.cfg.goaway_jitter_ms as u64 + 1)) as u32;
-                    let f = Frame::GoAway(GoAway {
-                        code: ErrorCode::ShuttingDown as u16,
-                        reconnect_after_ms: self.cfg.goaway_base_ms + jitter,
-                        message: "server shutting down".into(),
-                    })
-                    .to_bytes()
-                    .expect("goaway encodes");
-                    self.index.remove_conn(slot);
-                    let c = self.conns[slot as usize].as_mut().expect("checked");
-                    c.outbox.push_last(f.clone());
-                    self.total_outbox += f.len();
-                    c.phase = Phase::Draining {
-                        deadline_ms: now.ms + self.cfg.drain_ms,
-                    };
-                    self.mark_ready(slot);
-                    self.close_if_flushed(slot);
+                    let after = self.cfg.goaway_base_ms + jitter;
+                    self.go_away(
+                        slot,
+                        ErrorCode::ShuttingDown,
+                        after,
+                        "server shutting down",
+                        now,
+                    );
                 }
                 Phase::AwaitHello => self.abort(slot),
                 _ => {}
             }
         }
+    }
+
+    /// GOAWAY after what is queued, then close once flushed (or at the drain deadline).
+    fn go_away(&mut self, slot: u32, code: ErrorCode, after_ms: u32, message: &str, now: Now) {
+        let f = Frame::GoAway(GoAway {
+            code: code as u16,
+            reconnect_after_ms: after_ms,
+            message: message.into(),
+        })
+        .to_bytes()
+        .expect("goaway encodes");
+        self.index.remove_conn(slot);
+        let Some(c) = self.conns.get_mut(slot as usize).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        c.outbox.push_last(f.clone());
+        self.total_outbox += f.len();
+        c.phase = Phase::Draining {
+            deadline_ms: now.ms + self.cfg.drain_ms,
+        };
+        self.mark_ready(slot);
+        self.close_if_flushed(slot);
     }
 
     /// True once shutdown began and every connection is gone.

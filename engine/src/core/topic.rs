@@ -452,6 +452,68 @@ mod tests {
         assert_eq!(&decode(&s.frames[0]).payload[..], b"y");
     }
 
+    fn upd(seq: u64, flags: u8, p: &[u8]) -> yorker_wire::Update {
+        yorker_wire::Update {
+            topic_id: 99, // the origin's id: meaningless here
+            seq,
+            timestamp_us: 5,
+            flags,
+            payload: Bytes::copy_from_slice(p),
+        }
+    }
+
+    fn apply(r: &Registry, t: &Topic, u: yorker_wire::Update) -> (Applied, Option<UpdateMsg>) {
+        let mut out = None;
+        let a = r.apply(t, &u, &mut |m| out = Some(m));
+        (a, out)
+    }
+
+    #[test]
+    fn relayed_updates_keep_origin_numbers_and_flag_breaks() {
+        let r = Registry::new(1, 8, 10);
+        r.adopt_epoch(77);
+        assert_eq!(r.epoch(), 77);
+        let t = r.get_or_create("m").unwrap();
+        // First value: a snapshot (the relay's start), passed on as a snapshot.
+        let (a, m) = apply(&r, &t, upd(10, update_flags::SNAPSHOT, b"s"));
+        assert_eq!(
+            (a, m.unwrap().flags),
+            (Applied::InOrder, update_flags::SNAPSHOT)
+        );
+        // In order, with the origin's flags and timestamp; re-encoded with the local id.
+        let (a, m) = apply(&r, &t, upd(11, update_flags::URGENT, b"u"));
+        let m = m.unwrap();
+        let u = decode(&m.frame);
+        assert_eq!(a, Applied::InOrder);
+        assert_eq!(
+            (u.topic_id, u.seq, u.timestamp_us, u.flags),
+            (t.id, 11, 5, 1)
+        );
+        // Duplicates (snapshot overlap, A/B, retransmit) are dropped.
+        assert_eq!(apply(&r, &t, upd(11, 0, b"u")).0, Applied::Duplicate);
+        assert_eq!(apply(&r, &t, upd(3, 0, b"old")).0, Applied::Duplicate);
+        // A gap: SNAPSHOT|RESET, and the history restarts there.
+        let (a, m) = apply(&r, &t, upd(15, update_flags::SNAPSHOT, b"v"));
+        assert_eq!(a, Applied::Reset);
+        assert_eq!(
+            m.unwrap().flags,
+            update_flags::SNAPSHOT | update_flags::RESET
+        );
+        let s = r.start_subscription(&t, Some(ResumeFrom { epoch: 77, seq: 11 }));
+        assert_eq!(s.result, SubResult::Reset);
+        apply(&r, &t, upd(16, 0, b"w"));
+        let s = r.start_subscription(&t, Some(ResumeFrom { epoch: 77, seq: 15 }));
+        assert_eq!((s.result, s.frames.len()), (SubResult::Resumed, 1));
+        // The origin restarted: numbers restart low, and the first one resets every client.
+        assert!(r.adopt_epoch(78));
+        assert!(!r.adopt_epoch(78));
+        let s = r.start_subscription(&t, Some(ResumeFrom { epoch: 78, seq: 16 }));
+        assert_eq!(s.result, SubResult::Reset, "stale until resynchronised");
+        let (a, m) = apply(&r, &t, upd(1, 0, b"new"));
+        assert_eq!((a, m.unwrap().seq), (Applied::Reset, 1));
+        assert_eq!(apply(&r, &t, upd(2, 0, b"n2")).0, Applied::InOrder);
+    }
+
     #[test]
     fn topic_limit() {
         let r = Registry::new(1, 0, 2);
