@@ -362,7 +362,11 @@ fn sh(cmd: &str) {
 
 /// Drops about 1 in `one_in` datagrams to the group (input hook: every member loses it).
 fn inject_loss(one_in: u32) {
-    let group = GROUP.split(':').next().unwrap();
+    inject_loss_on(GROUP, one_in);
+}
+
+fn inject_loss_on(group: &str, one_in: u32) {
+    let group = group.split(':').next().unwrap();
     sh("nft add table inet yorker_loss");
     sh("nft add chain inet yorker_loss input '{ type filter hook input priority 0; }'");
     sh(&format!(
@@ -440,6 +444,10 @@ fn wait_listening(addr: &str) {
 }
 
 fn origin() -> Proc {
+    origin_on(GROUP)
+}
+
+fn origin_on(groups: &str) -> Proc {
     let p = Proc::start(
         "origin",
         &[
@@ -449,7 +457,7 @@ fn origin() -> Proc {
             "--publisher-key",
             KEY,
             "--multicast-out",
-            GROUP,
+            groups,
             "--multicast-if",
             "127.0.0.1",
             "--multicast-heartbeat-ms",
@@ -461,6 +469,10 @@ fn origin() -> Proc {
 }
 
 fn multicast_relay(port: u16) -> Proc {
+    multicast_relay_on(port, GROUP)
+}
+
+fn multicast_relay_on(port: u16, groups: &str) -> Proc {
     let listen = format!("127.0.0.1:{port}");
     let p = Proc::start(
         &format!("relay-{port}"),
@@ -469,7 +481,7 @@ fn multicast_relay(port: u16) -> Proc {
             "--listen",
             &listen,
             "--multicast-in",
-            GROUP,
+            groups,
             "--multicast-if",
             "127.0.0.1",
             "--recovery",
@@ -509,6 +521,16 @@ fn wait_value(addr: &str, topic: &str, payload: &[u8]) {
         k.run_until(Duration::from_secs(15), |k| k.holds(&want)),
         "{addr} never served the latest {topic}"
     );
+}
+
+/// Waits for the process's next feed stats line (printed every second), so that it counts
+/// everything that happened before this call.
+fn next_stats_line(p: &Proc) {
+    let lines = |p: &Proc| p.log().lines().filter(|l| l.contains("feed:")).count();
+    let now = lines(p);
+    wait_for(Duration::from_secs(5), "a feed stats line", || {
+        lines(p) > now
+    });
 }
 
 fn relay_line(p: &Proc, key: &str) -> u64 {
@@ -562,8 +584,8 @@ fn multicast_with_loss_every_client_ends_with_every_latest_value() {
     assert!(dropped > 0, "the loss rule dropped nothing");
     // The losses were repaired by NAKs, not papered over: both relays applied every update
     // (a snapshot fallback would apply fewer) or said why.
-    std::thread::sleep(Duration::from_millis(1100)); // one stats interval, for the log line
     for r in &relays {
+        next_stats_line(r);
         let (naks, fallbacks) = (relay_line(r, "naks"), relay_line(r, "snapshot_fallbacks"));
         assert!(naks > 0, "a relay saw {dropped} losses and sent no NAK");
         eprintln!("relay: dropped={dropped} naks={naks} snapshot_fallbacks={fallbacks}");
@@ -674,4 +696,32 @@ fn origin_restart_changes_the_epoch_and_relays_resync() {
         );
         assert_eq!(c.welcome.as_ref().unwrap().epoch, new_epoch);
     }
+}
+
+#[test]
+fn ab_feeds_arbitrate_by_sequence_number() {
+    if !in_netns("ab_feeds_arbitrate_by_sequence_number") {
+        return;
+    }
+    let ab = "239.7.7.7:9100,239.7.7.8:9100";
+    // Group A loses a quarter of its datagrams; B loses none: B's copy fills every hole.
+    inject_loss_on("239.7.7.7", 4);
+    let _origin = origin_on(ab);
+    let mut p = Client::connect("127.0.0.1:7000".parse().unwrap(), Role::Publisher);
+    p.publish("ready", 0, b"1");
+    let relay = multicast_relay_on(7101, ab);
+    wait_value("127.0.0.1:7101", "ready", b"1");
+    let ts = topics(4);
+    let mut k = Checker::connect("127.0.0.1:7101".parse().unwrap(), &ts, false, "ab");
+    let latest = publish(&mut p, &ts, 1000, "ab", Duration::from_micros(300));
+    assert!(k.run_until(Duration::from_secs(10), |k| k.holds(&latest)));
+    assert!(k.seen.values().all(|s| s.resets == 0));
+    assert!(dropped_datagrams() > 0, "the loss rule dropped nothing");
+    next_stats_line(&relay);
+    assert_eq!(
+        relay_line(&relay, "naks"),
+        0,
+        "B should have filled every hole"
+    );
+    assert!(relay_line(&relay, "duplicates") == 0 && relay_line(&relay, "applied") >= 1000);
 }

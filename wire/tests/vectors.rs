@@ -32,6 +32,30 @@ fn expected() -> Vec<(&'static str, Frame)> {
             }),
         ),
         (
+            "hello_relay",
+            Frame::Hello(Hello {
+                version: 1,
+                role: Role::Relay,
+                client_name: "relay".into(),
+                token: String::new(),
+            }),
+        ),
+        (
+            "topic",
+            Frame::Topic {
+                topic_id: 7,
+                name: "match/42".into(),
+            },
+        ),
+        (
+            "synced",
+            Frame::Synced {
+                topics: 3,
+                epoch: 0x0006_2a1b_3c4d_5e6f,
+                feed_seq: 1000,
+            },
+        ),
+        (
             "subscribe",
             Frame::Subscribe(Subscribe {
                 request_id: 1,
@@ -180,10 +204,15 @@ fn ball() -> BallEvent {
     }
 }
 
-/// Every `hex vector=NAME` block of the document, as (name, bytes).
+/// Every `hex vector=NAME` block of docs/PROTOCOL.md, as (name, bytes).
 fn doc_vectors() -> Vec<(String, Vec<u8>)> {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md"))
-        .expect("docs/PROTOCOL.md");
+    vectors_of("PROTOCOL.md")
+}
+
+/// Every `hex vector=NAME` block of docs/`file`, as (name, bytes).
+fn vectors_of(file: &str) -> Vec<(String, Vec<u8>)> {
+    let path = format!("{}/../docs/{file}", env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let mut out = Vec::new();
     let mut current: Option<(String, Vec<u8>)> = None;
     for line in doc.lines() {
@@ -258,6 +287,72 @@ fn hex(b: &[u8]) -> String {
         .join(" ")
 }
 
+/// The relay feed datagrams of docs/RELAYS.md.
+fn feed_expected() -> Vec<(&'static str, Bytes)> {
+    use yorker_wire::feed::*;
+    let header = |kind, flags, seq, send_time_us, count| FeedHeader {
+        kind,
+        flags,
+        channel: 1,
+        epoch: 0x0006_2a1b_3c4d_5e6f,
+        seq,
+        send_time_us,
+        count,
+    };
+    let mut data = BytesMut::new();
+    header(Kind::Data, 0, 41, 0x0006_2a1b_3c4e_0000, 2).encode(&mut data);
+    put_message(
+        &mut data,
+        "match/42",
+        &encode_update(7, 17, 0x0006_2a1b_3c4d_ffff, 0, b"4/1"),
+    );
+    put_message(
+        &mut data,
+        "news",
+        &encode_update(3, 2, 0x0006_2a1b_3c4d_fff0, 1, b"!"),
+    );
+    vec![
+        ("feed_data", data.freeze()),
+        (
+            "feed_heartbeat",
+            header(Kind::Heartbeat, 0, 41, 0x0006_2a1b_3c4e_1000, 0).to_bytes(),
+        ),
+        ("feed_nak", header(Kind::Nak, 0, 38, 0, 3).to_bytes()),
+        (
+            "feed_unavailable",
+            header(Kind::Unavailable, 0, 38, 0x0006_2a1b_3c4e_2000, 3).to_bytes(),
+        ),
+    ]
+}
+
+#[test]
+fn relay_document_vectors_are_the_datagrams() {
+    use yorker_wire::feed::*;
+    let doc = vectors_of("RELAYS.md");
+    let want = feed_expected();
+    for (name, bytes) in &want {
+        let (_, got) = doc.iter().find(|(n, _)| n == name).unwrap_or_else(|| {
+            panic!(
+                "RELAYS.md lacks vector {name}; it should be:\n{}",
+                hex(bytes)
+            )
+        });
+        assert_eq!(
+            got.as_slice(),
+            bytes.as_ref(),
+            "vector {name}; expected\n{}",
+            hex(bytes)
+        );
+        let h = FeedHeader::decode(got).unwrap();
+        if h.kind == Kind::Data {
+            let m = messages(&Bytes::copy_from_slice(got), &h).unwrap();
+            assert_eq!(m.len(), h.count as usize);
+            assert_eq!((m[0].topic.as_str(), m[0].update.seq), ("match/42", 17));
+        }
+    }
+    assert_eq!(doc.len(), want.len(), "unexpected vectors in RELAYS.md");
+}
+
 /// `cargo test -p yorker-wire --test vectors -- --ignored --nocapture print` prints every vector,
 /// for writing the document.
 #[test]
@@ -269,4 +364,7 @@ fn print_vectors() {
     let mut b = BytesMut::new();
     ball().encode(&mut b);
     println!("score_payload: {}", hex(&b));
+    for (name, d) in feed_expected() {
+        println!("{name}: {}", hex(&d));
+    }
 }
