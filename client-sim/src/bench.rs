@@ -76,6 +76,10 @@ pub struct BenchArgs {
     /// Process id of the server under test: its CPU time over the measured window is reported.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Publish to this engine instead of the first --addr (an origin, with the subscribers on
+    /// its relays: latency is then origin -> relay -> client).
+    #[arg(long)]
+    pub publish_addr: Option<SocketAddr>,
 }
 
 fn bar(len: u64, msg: &str, quiet: bool) -> ProgressBar {
@@ -148,7 +152,7 @@ pub fn run(a: &BenchArgs) -> Result<i32, String> {
     pb.finish_and_clear();
     let connect_s = t0.elapsed().as_secs_f64();
 
-    let addr = a.addrs[0];
+    let addr = a.publish_addr.unwrap_or(a.addrs[0]);
     let mut publisher =
         Publisher::connect_proto(addr, &a.key, a.proto).map_err(|e| e.to_string())?;
     let server_pid = a.server_pid.map(|p| p.to_string());

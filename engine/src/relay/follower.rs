@@ -264,6 +264,12 @@ impl Multicast {
                 match r {
                     Ok(s) => {
                         failures = 0;
+                        if rx.epoch() != Some(s.epoch) {
+                            eprintln!(
+                                "yorker relay: synced with origin {} (epoch {:#x}, {} topics, feed at {}); following the feed",
+                                self.upstream.addr, s.epoch, s.topics, s.feed_seq
+                            );
+                        }
                         rx.snapshot_done(s.epoch, s.feed_seq, now_ms(), &mut actions);
                     }
                     Err(e) => {
@@ -317,11 +323,8 @@ impl Multicast {
         };
         let now = unix_us();
         for m in msgs {
-            match self.injector.topic(&m.topic) {
-                Ok(t) => {
-                    self.injector.apply(&t, &m.update, now);
-                }
-                Err(e) => eprintln!("yorker relay: topic {:?} dropped: {e}", m.topic),
+            if let Ok(t) = self.injector.topic(&m.topic) {
+                self.injector.apply(&t, &m.update, now);
             }
         }
     }

@@ -74,6 +74,8 @@ pub struct FeedStats {
     pub resets: AtomicU64,
     /// Updates the origin could not queue for multicast (relays resynchronise).
     pub overruns: AtomicU64,
+    /// Updates dropped because their topic would exceed this relay's `--max-topics`.
+    pub topic_limit_drops: AtomicU64,
     /// Relay lag: origin accept time to applied here, µs, of the latest update (gauge).
     pub lag_us: AtomicU64,
     /// Largest lag since the stats line last read it, µs.
@@ -96,7 +98,7 @@ impl FeedStats {
     pub fn line(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "feed: datagrams_out={} datagrams_in={} bad={} gaps={} naks={} retransmits={} unavailable={} snapshot_fallbacks={} applied={} duplicates={} resets={} overruns={} lag_us={} lag_max_us={}",
+            "feed: datagrams_out={} datagrams_in={} bad={} gaps={} naks={} retransmits={} unavailable={} snapshot_fallbacks={} applied={} duplicates={} resets={} overruns={} topic_limit_drops={} lag_us={} lag_max_us={}",
             g(&self.datagrams_out),
             g(&self.datagrams_in),
             g(&self.bad_datagrams),
@@ -109,6 +111,7 @@ impl FeedStats {
             g(&self.duplicates),
             g(&self.resets),
             g(&self.overruns),
+            g(&self.topic_limit_drops),
             g(&self.lag_us),
             self.lag_max_us.swap(0, Ordering::Relaxed),
         )
@@ -143,9 +146,15 @@ impl Injector {
         &self.stats
     }
 
-    /// The relay's topic for an origin topic name.
+    /// The relay's topic for an origin topic name. Beyond this relay's topic cap the update is
+    /// dropped and counted (the first time with a line on stderr): raise `--max-topics` on
+    /// relays at least as high as on the origin.
     pub fn topic(&self, name: &str) -> Result<Arc<Topic>, TopicLimit> {
-        self.registry.get_or_create(name)
+        self.registry.get_or_create(name).inspect_err(|e| {
+            if self.stats.topic_limit_drops.fetch_add(1, Ordering::Relaxed) == 0 {
+                eprintln!("yorker relay: updates of topic {name:?} and others dropped: {e}");
+            }
+        })
     }
 
     /// Applies one update of the origin (see [`Registry::apply`]).

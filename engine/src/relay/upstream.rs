@@ -124,7 +124,8 @@ pub fn session(
     s.write_all(&hello).map_err(io_err)?;
 
     let mut dec = Decoder::new(HANDSHAKE_MAX_FRAME);
-    let mut topics: HashMap<u32, Arc<Topic>> = HashMap::new();
+    // None: over this relay's topic cap; its updates are dropped (and counted).
+    let mut topics: HashMap<u32, Option<Arc<Topic>>> = HashMap::new();
     let mut ping_every = Duration::from_secs(5);
     let mut last_ping = Instant::now();
     let mut buf = vec![0u8; 256 * 1024];
@@ -176,21 +177,21 @@ pub fn session(
                     // restart shows as SNAPSHOT|RESET on every topic.
                     injector.registry().adopt_epoch(w.epoch);
                 }
-                Frame::Topic { topic_id, name } => match injector.topic(&name) {
-                    Ok(t) => {
-                        topics.insert(topic_id, t);
+                Frame::Topic { topic_id, name } => {
+                    topics.insert(topic_id, injector.topic(&name).ok());
+                }
+                Frame::Update(u) => match topics.get(&u.topic_id) {
+                    Some(Some(t)) => {
+                        injector.apply(t, &u, unix_us());
                     }
-                    Err(e) => return Err(proto(format!("topic {name:?}: {e}"))),
-                },
-                Frame::Update(u) => {
-                    let Some(t) = topics.get(&u.topic_id) else {
+                    Some(None) => {}
+                    None => {
                         return Err(proto(format!(
                             "UPDATE for topic id {} before its TOPIC",
                             u.topic_id
-                        )));
-                    };
-                    injector.apply(t, &u, unix_us());
-                }
+                        )))
+                    }
+                },
                 Frame::Synced {
                     topics: n,
                     epoch,
