@@ -47,14 +47,18 @@ pub struct Client {
 
 impl Client {
     pub fn raw(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_nodelay(true).unwrap();
-        Client {
+        Client::try_raw(addr).expect("connect")
+    }
+
+    pub fn try_raw(addr: SocketAddr) -> std::io::Result<Client> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        Ok(Client {
             stream,
             dec: Decoder::new(MAX_MAX_FRAME),
             welcome: None,
             next_req: 1,
-        }
+        })
     }
 
     /// A client whose receive buffer is fixed at a few KB (autotuning off), so a reader that
