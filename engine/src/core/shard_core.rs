@@ -727,6 +727,9 @@ impl ShardCore {
         let Some(c) = self.conns.get_mut(slot as usize).and_then(|c| c.as_mut()) else {
             return;
         };
+        if !matches!(c.phase, Phase::Active(_)) {
+            return; // already ending
+        }
         c.outbox.push_last(f.clone());
         self.total_outbox += f.len();
         c.phase = Phase::Draining {
