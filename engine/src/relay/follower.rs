@@ -141,9 +141,14 @@ fn join_groups(groups: &[SocketAddrV4], interface: Ipv4Addr) -> io::Result<UdpSo
     // A burst must fit while the thread is busy applying the previous one.
     let _ = s.set_recv_buffer_size(8 << 20);
     let s: UdpSocket = s.into();
-    s.set_read_timeout(Some(Duration::from_millis(2)))?;
+    s.set_read_timeout(Some(FAST_POLL))?;
     Ok(s)
 }
+
+/// Receive timeout while a NAK or snapshot is pending: the timer resolution of gap recovery.
+const FAST_POLL: Duration = Duration::from_millis(2);
+/// Receive timeout otherwise (how fast a stop request is seen).
+const IDLE_POLL: Duration = Duration::from_millis(100);
 
 /// Reconnect delays after a failed session: from 100 ms, doubling up to 5 s.
 fn backoff(attempt: u32) -> Duration {
@@ -221,7 +226,18 @@ impl Multicast {
         let mut failures = 0u32;
         let mut buf = vec![0u8; 65_536];
         let mut last_recv_stat = (0u64, 0u64, 0u64, 0u64);
+        let mut timeout = FAST_POLL;
         while !self.stop.load(Ordering::Acquire) {
+            // Wake often only while something is timed (a NAK, a snapshot); idle, the
+            // heartbeats wake us anyway.
+            let want = if rx.has_timer() || snapshot_running || snapshot_due.is_some() {
+                FAST_POLL
+            } else {
+                IDLE_POLL
+            };
+            if want != timeout && self.sock.set_read_timeout(Some(want)).is_ok() {
+                timeout = want;
+            }
             for a in actions.drain(..) {
                 match a {
                     Action::Deliver(d) => self.deliver(&d),

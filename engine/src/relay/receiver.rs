@@ -163,6 +163,11 @@ impl Receiver {
         self.state == State::Snapshotting
     }
 
+    /// True while a NAK is scheduled (the driver should call `on_tick` soon).
+    pub fn has_timer(&self) -> bool {
+        self.nak_due_ms.is_some()
+    }
+
     /// Datagrams held.
     pub fn pending(&self) -> usize {
         self.pending.len()
