@@ -2,6 +2,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -101,6 +102,8 @@ pub struct Server {
     files_per_shard: u32,
     feed_stats: Arc<FeedStats>,
     origin: Option<Origin>,
+    /// Held for the engine's lifetime: see [`claim`].
+    _claim: UnixListener,
 }
 
 /// Totals over all shards.
@@ -114,6 +117,28 @@ pub struct Totals {
     pub frames_encoded: u64,
     /// Topics.
     pub topics: u64,
+}
+
+/// One engine per listen address. SO_REUSEPORT lets a second process of the same user bind the
+/// same port, and the kernel would then silently hand it part of the new connections (publishers
+/// on one engine, subscribers on the other: updates that never arrive). An abstract Unix socket
+/// named after the address (per network namespace, released when the process dies, even by
+/// SIGKILL) turns that into a clear start-up error.
+fn claim(addr: SocketAddr) -> Result<UnixListener, StartError> {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("yorker-engine/{addr}");
+    let taken = |source| StartError::Listen { addr, source };
+    let sa = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).map_err(taken)?;
+    UnixListener::bind_addr(&sa).map_err(|e| {
+        taken(if e.kind() == io::ErrorKind::AddrInUse {
+            io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another yorker engine already listens on this address (SO_REUSEPORT would let it share the connections)",
+            )
+        } else {
+            e
+        })
+    })
 }
 
 fn listener(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
@@ -167,6 +192,11 @@ impl Server {
         let epoch_instant = Instant::now();
 
         // Bind every listener before starting any thread, so a taken port fails cleanly.
+        let early_claim = if cfg.listen.port() != 0 {
+            Some(claim(cfg.listen)?)
+        } else {
+            None
+        };
         let first = listener(cfg.listen, cfg.backlog).map_err(|source| StartError::Listen {
             addr: cfg.listen,
             source,
@@ -175,6 +205,11 @@ impl Server {
             .local_addr()?
             .as_socket()
             .ok_or_else(|| StartError::Config("listener has no inet address".into()))?;
+        // An ephemeral port is ours alone; claim it anyway so the rule has no exception.
+        let claimed = match early_claim {
+            Some(c) => c,
+            None => claim(addr)?,
+        };
         let mut listeners = vec![first];
         for _ in 1..cfg.cores {
             listeners.push(
@@ -218,6 +253,7 @@ impl Server {
             files_per_shard: files,
             feed_stats,
             origin,
+            _claim: claimed,
         };
         for (id, l) in listeners.into_iter().enumerate() {
             let st = Arc::new(SharedStats::default());

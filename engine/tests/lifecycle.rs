@@ -342,6 +342,32 @@ fn startup_errors_are_clear_and_nonzero() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// SO_REUSEPORT would let a second engine of the same user bind the same port and silently take
+/// part of the connections; it must refuse to start instead.
+#[test]
+fn a_second_engine_on_the_same_address_is_refused() {
+    let first = start(config(1));
+    let addr = first.local_addr();
+    let mut cfg = config(1);
+    cfg.listen = addr;
+    match yorker_engine::Server::start(cfg) {
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains("another yorker engine"), "{msg}");
+        }
+        Ok(_) => panic!("a second engine started on {addr}"),
+    }
+    // The first one is unaffected, and the address is free again once it stops.
+    let mut c = Client::connect(addr, Role::Subscriber);
+    assert!(c.welcome.take().is_some());
+    drop(c);
+    drop(first);
+    let mut cfg = config(1);
+    cfg.listen = addr;
+    let again = yorker_engine::Server::start(cfg).expect("the address is free again");
+    assert_eq!(again.local_addr(), addr);
+}
+
 /// Regression: closing a connection must never touch the connection the kernel puts in the
 /// same slot next. (A Shutdown op, run late by io-wq, once shut down whichever socket held the
 /// slot by then.) Churn many connections and check that every survivor still works.
