@@ -100,6 +100,7 @@ pub struct Server {
     registry: Arc<Registry>,
     stats: Vec<Arc<SharedStats>>,
     files_per_shard: u32,
+    max_frame: u32,
     feed_stats: Arc<FeedStats>,
     origin: Option<Origin>,
     /// Held for the engine's lifetime: see [`claim`].
@@ -251,6 +252,7 @@ impl Server {
             registry: registry.clone(),
             stats: Vec::new(),
             files_per_shard: files,
+            max_frame: core_cfg.max_frame,
             feed_stats,
             origin,
             _claim: claimed,
@@ -323,6 +325,7 @@ impl Server {
             self.registry.clone(),
             self.bus.clone(),
             self.feed_stats.clone(),
+            self.max_frame,
         )
     }
 

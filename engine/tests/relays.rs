@@ -737,3 +737,40 @@ fn ab_feeds_arbitrate_by_sequence_number() {
     );
     assert!(relay_line(&relay, "duplicates") == 0 && relay_line(&relay, "applied") >= 1000);
 }
+
+#[test]
+fn a_relay_never_sends_its_clients_a_frame_beyond_its_max_frame() {
+    let origin = start(config(1));
+    let mut relay_cfg = config(1);
+    relay_cfg.core.publisher_key = None;
+    relay_cfg.core.max_frame = 4096;
+    let relay = start(relay_cfg);
+    let _f = Follower::start(
+        Source::Upstream,
+        UpstreamConfig {
+            addr: origin.local_addr().to_string(),
+            key: None,
+            connect_timeout: Duration::from_secs(2),
+        },
+        relay.injector(),
+    )
+    .expect("follower starts");
+    let ts = vec!["big".to_string()];
+    let mut k = Checker::connect(relay.local_addr(), &ts, false, "small-frames");
+    let mut p = Client::connect(origin.local_addr(), Role::Publisher);
+    p.publish("big", 0, b"small 1");
+    p.publish("big", 0, &vec![7u8; 10_000]);
+    p.publish("big", 0, b"small 3");
+    let want = HashMap::from([("big".to_string(), b"small 3".to_vec())]);
+    assert!(k.run_until(Duration::from_secs(10), |k| k.holds(&want)));
+    // The client never saw the 10 KB frame; the break shows as SNAPSHOT|RESET on seq 3.
+    let seen = &k.seen["big"];
+    assert_eq!((seen.seq, seen.resets), (3, 1));
+    assert_eq!(
+        relay
+            .feed_stats()
+            .oversize_drops
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}

@@ -33,6 +33,8 @@ pub enum Applied {
     Duplicate,
     /// Continuity broke (gap, epoch change): fanned out as SNAPSHOT|RESET.
     Reset,
+    /// Not applied: the relay cannot serve it (larger than its `--max-frame`).
+    Dropped,
 }
 
 /// Why a topic could not be created.
@@ -247,7 +249,9 @@ impl Registry {
     ) -> Applied {
         let mut st = topic.state.lock().unwrap_or_else(|e| e.into_inner());
         let snapshot = u.flags & update_flags::SNAPSHOT != 0;
-        let (applied, flags) = if st.stale {
+        // A topic that never had a value (a client subscribed before the relay synced) has no
+        // state a client could hold: its first value is no break.
+        let (applied, flags) = if st.stale && st.last.is_some() {
             (Applied::Reset, update_flags::SNAPSHOT | update_flags::RESET)
         } else if u.seq <= st.seq {
             return Applied::Duplicate;

@@ -76,6 +76,8 @@ pub struct FeedStats {
     pub overruns: AtomicU64,
     /// Updates dropped because their topic would exceed this relay's `--max-topics`.
     pub topic_limit_drops: AtomicU64,
+    /// Updates dropped because their frame exceeds this relay's `--max-frame`.
+    pub oversize_drops: AtomicU64,
     /// Relay lag: origin accept time to applied here, µs, of the latest update (gauge).
     pub lag_us: AtomicU64,
     /// Largest lag since the stats line last read it, µs.
@@ -98,7 +100,7 @@ impl FeedStats {
     pub fn line(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "feed: datagrams_out={} datagrams_in={} bad={} gaps={} naks={} retransmits={} unavailable={} snapshot_fallbacks={} applied={} duplicates={} resets={} overruns={} topic_limit_drops={} lag_us={} lag_max_us={}",
+            "feed: datagrams_out={} datagrams_in={} bad={} gaps={} naks={} retransmits={} unavailable={} snapshot_fallbacks={} applied={} duplicates={} resets={} overruns={} topic_limit_drops={} oversize_drops={} lag_us={} lag_max_us={}",
             g(&self.datagrams_out),
             g(&self.datagrams_in),
             g(&self.bad_datagrams),
@@ -112,6 +114,7 @@ impl FeedStats {
             g(&self.resets),
             g(&self.overruns),
             g(&self.topic_limit_drops),
+            g(&self.oversize_drops),
             g(&self.lag_us),
             self.lag_max_us.swap(0, Ordering::Relaxed),
         )
@@ -124,15 +127,23 @@ pub struct Injector {
     registry: Arc<Registry>,
     bus: Arc<ShardBus>,
     stats: Arc<FeedStats>,
+    max_frame: u32,
 }
 
 impl Injector {
-    /// An injector into `registry`'s shards.
-    pub fn new(registry: Arc<Registry>, bus: Arc<ShardBus>, stats: Arc<FeedStats>) -> Self {
+    /// An injector into `registry`'s shards, whose clients were promised frames of at most
+    /// `max_frame` bytes.
+    pub fn new(
+        registry: Arc<Registry>,
+        bus: Arc<ShardBus>,
+        stats: Arc<FeedStats>,
+        max_frame: u32,
+    ) -> Self {
         Injector {
             registry,
             bus,
             stats,
+            max_frame,
         }
     }
 
@@ -157,12 +168,25 @@ impl Injector {
         })
     }
 
-    /// Applies one update of the origin (see [`Registry::apply`]).
+    /// Applies one update of the origin (see [`Registry::apply`]). An update too large for
+    /// this relay's clients is dropped and counted; the topic's next update then shows the
+    /// break as SNAPSHOT|RESET.
     pub fn apply(&self, topic: &Topic, u: &Update, now_us: u64) -> Applied {
+        let len = yorker_wire::UPDATE_HEADER_LEN - yorker_wire::LENGTH_PREFIX + u.payload.len();
+        if len > self.max_frame as usize {
+            if self.stats.oversize_drops.fetch_add(1, Ordering::Relaxed) == 0 {
+                eprintln!(
+                    "yorker relay: an update of {} bytes exceeds --max-frame {}: dropped (give relays at least the origin's --max-frame)",
+                    len, self.max_frame
+                );
+            }
+            return Applied::Dropped;
+        }
         let bus = &self.bus;
         let a = self.registry.apply(topic, u, &mut |m| bus.publish(m));
         match a {
             Applied::Duplicate => FeedStats::add(&self.stats.duplicates, 1),
+            Applied::Dropped => {}
             Applied::InOrder | Applied::Reset => {
                 FeedStats::add(&self.stats.updates_applied, 1);
                 if a == Applied::Reset {
