@@ -18,6 +18,9 @@ use yorker_wire::{
 use super::{unix_us, Injector};
 use crate::core::topic::Topic;
 
+/// WELCOME must arrive within this time.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -128,6 +131,10 @@ pub fn session(
     let mut topics: HashMap<u32, Option<Arc<Topic>>> = HashMap::new();
     let mut ping_every = Duration::from_secs(5);
     let mut last_ping = Instant::now();
+    // No WELCOME within the handshake time, or three heartbeat intervals of silence after it:
+    // the upstream is gone (or the connection landed in a dead listener's queue), reconnect.
+    let mut silence_limit = HANDSHAKE_TIMEOUT;
+    let mut last_rx = Instant::now();
     let mut buf = vec![0u8; 256 * 1024];
     let proto = |why: String| UpstreamError::Protocol {
         addr: cfg.addr.clone(),
@@ -136,6 +143,12 @@ pub fn session(
     loop {
         if stop.load(Ordering::Acquire) {
             return Err(UpstreamError::Stopped);
+        }
+        if last_rx.elapsed() > silence_limit {
+            return Err(io_err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("nothing received for {silence_limit:?}"),
+            )));
         }
         if last_ping.elapsed() >= ping_every {
             let ping = Frame::Ping { nonce: unix_us() }
@@ -151,7 +164,10 @@ pub fn session(
                     "connection closed",
                 )))
             }
-            Ok(n) => dec.feed(&buf[..n]),
+            Ok(n) => {
+                last_rx = Instant::now();
+                dec.feed(&buf[..n])
+            }
             Err(e)
                 if matches!(
                     e.kind(),
@@ -172,7 +188,9 @@ pub fn session(
             match frame {
                 Frame::Welcome(w) => {
                     dec.set_max_frame(w.limits.max_frame);
-                    ping_every = Duration::from_millis((w.heartbeat_ms as u64 / 2).max(50));
+                    let hb = Duration::from_millis((w.heartbeat_ms as u64).max(100));
+                    ping_every = hb / 2;
+                    silence_limit = hb * 3;
                     // Numbers from now on are the upstream's: adopt its epoch first, so that a
                     // restart shows as SNAPSHOT|RESET on every topic.
                     injector.registry().adopt_epoch(w.epoch);

@@ -42,6 +42,8 @@ pub struct Client {
     pub stream: TcpStream,
     dec: Decoder,
     pub welcome: Option<Welcome>,
+    /// The server closed the connection (EOF or an error), as seen by `next`.
+    pub eof: bool,
     next_req: u32,
 }
 
@@ -57,6 +59,7 @@ impl Client {
             stream,
             dec: Decoder::new(MAX_MAX_FRAME),
             welcome: None,
+            eof: false,
             next_req: 1,
         })
     }
@@ -74,6 +77,7 @@ impl Client {
                 stream,
                 dec: Decoder::new(MAX_MAX_FRAME),
                 welcome: None,
+                eof: false,
                 next_req: 1,
             },
             role,
@@ -125,7 +129,10 @@ impl Client {
                 .unwrap();
             let mut buf = [0u8; 65536];
             match self.stream.read(&mut buf) {
-                Ok(0) => return None,
+                Ok(0) => {
+                    self.eof = true;
+                    return None;
+                }
                 Ok(n) => self.dec.feed(&buf[..n]),
                 Err(e)
                     if matches!(
@@ -135,7 +142,10 @@ impl Client {
                 {
                     return None
                 }
-                Err(_) => return None,
+                Err(_) => {
+                    self.eof = true;
+                    return None;
+                }
             }
         }
     }
