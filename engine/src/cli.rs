@@ -36,7 +36,7 @@ fn start_follower(server: &Server, args: &ServeArgs, r: &RelayArgs) -> std::io::
             .or_else(|| r.recovery.clone())
             .unwrap_or_default(),
         key: r.upstream_key.clone(),
-        connect_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(5),
     };
     let source = match (&r.upstream, args.multicast_if) {
         (Some(_), _) => Source::Upstream,

@@ -780,3 +780,30 @@ fn a_relay_never_sends_its_clients_a_frame_beyond_its_max_frame() {
         1
     );
 }
+
+/// A listener that accepts but never answers (a dead process's queue, a wrong service): the
+/// session gives up instead of waiting forever, so the relay reconnects elsewhere or later.
+#[test]
+fn an_upstream_that_never_says_welcome_is_given_up() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay = start(config(1));
+    let cfg = UpstreamConfig {
+        addr: dead.local_addr().unwrap().to_string(),
+        key: None,
+        connect_timeout: Duration::from_millis(300),
+    };
+    let injector = relay.injector();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let r = yorker_engine::relay::upstream::session(&cfg, &injector, true, &stop, &mut |_| {});
+        let _ = tx.send(r.map(|_| ()).map_err(|e| e.to_string()));
+    });
+    // A watchdog, not a measurement: without the give-up the session would never return.
+    let r = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the session gave up");
+    let err = r.expect_err("a silent upstream is an error");
+    assert!(err.contains("nothing received"), "{err}");
+    drop(dead);
+}

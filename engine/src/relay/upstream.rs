@@ -18,9 +18,6 @@ use yorker_wire::{
 use super::{unix_us, Injector};
 use crate::core::topic::Topic;
 
-/// WELCOME must arrive within this time.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -83,7 +80,7 @@ pub struct UpstreamConfig {
     pub addr: String,
     /// Relay key the upstream expects, if any.
     pub key: Option<String>,
-    /// Connect timeout.
+    /// Time to connect, and then again for WELCOME to arrive.
     pub connect_timeout: Duration,
 }
 
@@ -133,7 +130,7 @@ pub fn session(
     let mut last_ping = Instant::now();
     // No WELCOME within the handshake time, or three heartbeat intervals of silence after it:
     // the upstream is gone (or the connection landed in a dead listener's queue), reconnect.
-    let mut silence_limit = HANDSHAKE_TIMEOUT;
+    let mut silence_limit = cfg.connect_timeout;
     let mut last_rx = Instant::now();
     let mut buf = vec![0u8; 256 * 1024];
     let proto = |why: String| UpstreamError::Protocol {
