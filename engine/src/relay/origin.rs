@@ -277,24 +277,31 @@ impl Recovery {
         self.linger.retain(|_, &mut at| now - at <= LINGER_MS);
         let end = h.seq.saturating_add((h.count as u64).min(MAX_NAK_RANGE));
         let mut missing: Option<(u64, u64)> = None;
-        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        for seq in h.seq..end {
-            if self.linger.contains_key(&seq) {
-                continue;
-            }
-            match ring.get(seq) {
-                Some(d) => {
-                    send_all(&self.out, &self.cfg.groups, &d, &self.stats);
-                    FeedStats::add(&self.stats.retransmits, 1);
-                    self.linger.insert(seq, now);
+        let mut resend = Vec::new();
+        {
+            // Copies out under the lock, sends after it: the sender thread must not wait on
+            // retransmissions.
+            let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+            for seq in h.seq..end {
+                if self.linger.contains_key(&seq) {
+                    continue;
                 }
-                None => {
-                    let m = missing.get_or_insert((seq, 0));
-                    m.1 += 1;
+                match ring.get(seq) {
+                    Some(d) => {
+                        resend.push(d);
+                        self.linger.insert(seq, now);
+                    }
+                    None => {
+                        let m = missing.get_or_insert((seq, 0));
+                        m.1 += 1;
+                    }
                 }
             }
         }
-        drop(ring);
+        for d in &resend {
+            send_all(&self.out, &self.cfg.groups, d, &self.stats);
+            FeedStats::add(&self.stats.retransmits, 1);
+        }
         if let Some((first, count)) = missing {
             FeedStats::add(&self.stats.unavailable, 1);
             let d = FeedHeader {
