@@ -10,7 +10,7 @@
 # to CPU 0, relays and the load generator share CPU 1. So the origin's CPU per update shows what
 # the origin pays, not what loopback delivery to every member in the sender's context costs.
 #
-#   scripts/bench-relay.sh                  # about 2 minutes
+#   scripts/bench-relay.sh                  # about 1.5 minutes
 #   SUBS=2000 RATE=4000 DURATION=5 RELAYS="1 2 4" scripts/bench-relay.sh
 #
 # Results: bench-results/relay-<time>.jsonl (one JSON object per case) and a table on stdout.
