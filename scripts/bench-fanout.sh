@@ -5,13 +5,16 @@
 # load generator, reported separately. Loopback only; every process started is stopped.
 #
 # Usage: scripts/bench-fanout.sh            (full matrix, ~12 minutes)
-#        QUICK=1 scripts/bench-fanout.sh    (a smoke run: N=1000 only)
+#        QUICK=1 scripts/bench-fanout.sh    (a smoke run: N=1000 only; results and charts go
+#                                            to /tmp/yorker-bench-quick, never over the
+#                                            committed ones)
 #        PHASES="rss" scripts/bench-fanout.sh   (only some of: burst rate rss)
 # Output: bench-results/fanout-<stamp>.jsonl, .md (table with ratios) and PNG plots.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STAMP=$(date -u +%Y%m%d-%H%M%S)
 OUT=bench-results
+[ "${QUICK:-0}" = 1 ] && OUT=${TMPDIR:-/tmp}/yorker-bench-quick
 mkdir -p "$OUT"
 RES="$OUT/fanout-$STAMP.jsonl"
 WORK=$(mktemp -d)
