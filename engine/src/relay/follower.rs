@@ -13,7 +13,7 @@ use bytes::Bytes;
 use socket2::{Domain, Protocol, Socket, Type};
 use yorker_wire::feed::{messages, FeedHeader, Kind};
 
-use super::receiver::{Action, Receiver, ReceiverConfig, SnapshotReason};
+use super::receiver::{Action, Receiver, ReceiverConfig, ReceiverStats, SnapshotReason};
 use super::upstream::{self, Synced, UpstreamConfig, UpstreamError};
 use super::{unix_us, FeedStats, Injector};
 
@@ -225,7 +225,8 @@ impl Multicast {
         let mut snapshot_due: Option<Instant> = None;
         let mut failures = 0u32;
         let mut buf = vec![0u8; 65_536];
-        let mut last_recv_stat = (0u64, 0u64, 0u64, 0u64);
+        // What of the receiver's counters was already added to the shared ones.
+        let mut reported = ReceiverStats::default();
         let mut timeout = FAST_POLL;
         while !self.stop.load(Ordering::Acquire) {
             // Wake often only while something is timed (a NAK, a snapshot); idle, the
@@ -269,11 +270,16 @@ impl Multicast {
                 let inj = self.injector.clone();
                 let tx = done_tx.clone();
                 let stop = self.stop.clone();
-                std::thread::spawn(move || {
-                    let r = upstream::session(&cfg, &inj, false, &stop, &mut |_| {})
-                        .map_err(|e| e.to_string());
-                    let _ = tx.send(r);
-                });
+                let spawned = std::thread::Builder::new()
+                    .name("yorker-snapshot".into())
+                    .spawn(move || {
+                        let r = upstream::session(&cfg, &inj, false, &stop, &mut |_| {})
+                            .map_err(|e| e.to_string());
+                        let _ = tx.send(r);
+                    });
+                if let Err(e) = spawned {
+                    let _ = done_tx.send(Err(format!("cannot start the snapshot thread: {e}")));
+                }
             }
             if let Ok(r) = done_rx.try_recv() {
                 snapshot_running = false;
@@ -314,12 +320,11 @@ impl Multicast {
                 Err(_) => rx.on_tick(now_ms(), &mut actions),
             }
             let r = rx.stats();
-            let now = (r.gaps, r.naks, r.recovered, 0);
-            if now != last_recv_stat {
-                FeedStats::add(&stats.gaps, r.gaps - last_recv_stat.0);
-                FeedStats::add(&stats.naks, r.naks - last_recv_stat.1);
-                FeedStats::add(&stats.retransmits, r.recovered - last_recv_stat.2);
-                last_recv_stat = now;
+            if r != reported {
+                FeedStats::add(&stats.gaps, r.gaps - reported.gaps);
+                FeedStats::add(&stats.naks, r.naks - reported.naks);
+                FeedStats::add(&stats.retransmits, r.recovered - reported.recovered);
+                reported = r;
             }
         }
     }
