@@ -20,6 +20,9 @@ use crate::check::{TopicCheck, Totals};
 use crate::matchsim::Rng;
 use crate::proto::{self, Event, Proto};
 
+/// Completions a busy worker waits for before it wakes (or 100 us, whichever is first).
+const BATCH: usize = 32;
+
 /// Connections one source address can open to one server address (ephemeral ports).
 pub const PER_SOURCE_IP: usize = 25_000;
 /// Connections per worker thread at most (each ring's fixed-file table must fit RLIMIT_NOFILE).
@@ -362,6 +365,10 @@ struct Worker {
     heartbeat_ms: u64,
     scratch: Vec<Ev>,
     slow_queue: Vec<(u64, usize)>,
+    /// Connections that will reconnect (pushed when `reconnect` is set; stale entries are
+    /// dropped when seen). Scanning every connection for this on every loop iteration cost a
+    /// fifth of the load generator's CPU at 15,000 connections.
+    reconnect_queue: Vec<usize>,
     churn_credit: f64,
     last_churn: Instant,
 }
@@ -422,6 +429,7 @@ impl Worker {
             heartbeat_ms: 15_000,
             scratch: Vec::new(),
             slow_queue: Vec::new(),
+            reconnect_queue: Vec::new(),
             churn_credit: 0.0,
             last_churn: Instant::now(),
         })
@@ -433,13 +441,21 @@ impl Worker {
 
     fn run(mut self) -> std::io::Result<Report> {
         let mut cqes: Vec<Completion> = Vec::with_capacity(8192);
+        let mut busy = false;
         while !self.shared.stop.load(Ordering::Relaxed) {
             self.connect_due()?;
             self.housekeeping()?;
-            self.ring
-                .submit_and_wait(1, Some(Duration::from_millis(5)))?;
+            // Under load, wait for a batch (or 100 us): one enter per completion would cost
+            // more than the receives themselves. Idle, wait for the first completion.
+            let (want, wait) = if busy {
+                (BATCH, Duration::from_micros(100))
+            } else {
+                (1, Duration::from_millis(5))
+            };
+            self.ring.submit_and_wait(want, Some(wait))?;
             cqes.clear();
             self.ring.completions(&mut cqes);
+            busy = !cqes.is_empty();
             for c in &cqes {
                 self.on_completion(c)?;
             }
@@ -481,19 +497,33 @@ impl Worker {
             budget -= 1;
             self.open(i)?;
         }
+        if self.reconnect_queue.is_empty() {
+            return Ok(());
+        }
         let now = self.ms();
-        for i in 0..self.conns.len().min(self.next_new) {
+        let mut queue = std::mem::take(&mut self.reconnect_queue);
+        let mut k = 0;
+        while k < queue.len() {
+            let i = queue[k];
             let c = &self.conns[i];
-            if c.state == State::Waiting
-                && c.reconnect
+            let waiting = c.state == State::Waiting || c.state == State::Closing;
+            if !(waiting && c.reconnect) {
+                queue.swap_remove(k); // reconnected already, or no longer to reconnect
+            } else if c.state == State::Waiting
                 && now >= c.due_ms
                 && !self.ring.send_in_flight(i as u32)
                 && !c.recv_armed
             {
+                queue.swap_remove(k);
                 self.report.reconnects += 1;
                 self.open(i)?;
+            } else {
+                k += 1;
             }
         }
+        // `open` may have queued connections that failed to dial again.
+        queue.append(&mut self.reconnect_queue);
+        self.reconnect_queue = queue;
         Ok(())
     }
 
@@ -508,6 +538,7 @@ impl Worker {
                 c.state = State::Waiting;
                 c.reconnect = true;
                 c.due_ms = self.start.elapsed().as_millis() as u64 + 1000;
+                self.reconnect_queue.push(i);
                 return Ok(());
             }
         };
@@ -638,6 +669,7 @@ impl Worker {
         }
         c.reconnect = true;
         c.due_ms = now + after_ms;
+        self.reconnect_queue.push(i);
         self.shared.connected.fetch_sub(1, Ordering::Relaxed);
         if c.recv_armed {
             c.state = State::Closing;
