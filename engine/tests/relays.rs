@@ -330,16 +330,20 @@ fn in_netns(test: &str) -> bool {
         sh("ip route add 224.0.0.0/4 dev lo");
         return true;
     }
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
-    let mut cmd = Command::new("unshare");
-    if !root {
-        cmd.arg("--map-root-user"); // an unprivileged user namespace owns the new netns
-    }
-    let status = cmd
-        .arg("--net")
+    // Root (CI) can create a network namespace directly; elsewhere, or where a container
+    // withholds CAP_SYS_ADMIN, an unprivileged user namespace can own one.
+    let flags: &[&str] = [&["--net"][..], &["--map-root-user", "--net"][..]]
+        .into_iter()
+        .find(|f| {
+            Command::new("unshare")
+                .args(*f)
+                .arg("true")
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .expect("cannot create a network namespace: `unshare --net` needs root or unprivileged user namespaces (and util-linux)");
+    let status = Command::new("unshare")
+        .args(flags)
         .arg(std::env::current_exe().unwrap())
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env("YORKER_IN_NETNS", "1")
