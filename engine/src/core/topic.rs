@@ -210,16 +210,38 @@ impl Registry {
     ) -> u64 {
         let flags = flags & update_flags::PUBLISH_MASK;
         let mut st = topic.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.seq += 1;
-        let seq = st.seq;
-        let frame = encode_update(topic.id, seq, now_us, flags, payload);
+        let seq = st.seq + 1;
+        self.record(topic.id, &mut st, seq, now_us, flags, payload, fanout);
+        seq
+    }
+
+    /// Makes update `seq` the topic's latest value: encodes it once, drops the cached
+    /// snapshots, appends it to the history (restarted when the update is a snapshot:
+    /// nothing before it can be replayed), and hands it to `fanout`, all under the topic's
+    /// lock held by the caller.
+    #[allow(clippy::too_many_arguments)] // the parts of one update, all needed
+    fn record(
+        &self,
+        id: u32,
+        st: &mut TopicState,
+        seq: u64,
+        timestamp_us: u64,
+        flags: u8,
+        payload: &[u8],
+        fanout: &mut dyn FnMut(UpdateMsg),
+    ) {
+        st.seq = seq;
+        let frame = encode_update(id, seq, timestamp_us, flags, payload);
         self.frames_encoded.fetch_add(1, Ordering::Relaxed);
         st.last = Some(Last {
             payload: frame.slice(UPDATE_HEADER_LEN..),
-            timestamp_us: now_us,
+            timestamp_us,
         });
         st.snapshot = None;
         st.snapshot_reset = None;
+        if flags & update_flags::SNAPSHOT != 0 {
+            st.history.clear();
+        }
         if self.history_depth > 0 {
             if st.history.len() == self.history_depth {
                 st.history.pop_front();
@@ -227,12 +249,11 @@ impl Registry {
             st.history.push_back((seq, frame.clone()));
         }
         fanout(UpdateMsg {
-            topic: topic.id,
+            topic: id,
             seq,
             flags,
             frame,
         });
-        seq
     }
 
     /// Relays only: applies an update that the origin numbered (`seq`, its timestamp and
@@ -264,31 +285,15 @@ impl Registry {
             (Applied::Reset, update_flags::SNAPSHOT | update_flags::RESET)
         };
         st.stale = false;
-        st.seq = u.seq;
-        let frame = encode_update(topic.id, u.seq, u.timestamp_us, flags, &u.payload);
-        self.frames_encoded.fetch_add(1, Ordering::Relaxed);
-        st.last = Some(Last {
-            payload: frame.slice(UPDATE_HEADER_LEN..),
-            timestamp_us: u.timestamp_us,
-        });
-        st.snapshot = None;
-        st.snapshot_reset = None;
-        if flags & update_flags::SNAPSHOT != 0 {
-            // Continuity broke here: nothing before it can be replayed.
-            st.history.clear();
-        }
-        if self.history_depth > 0 {
-            if st.history.len() == self.history_depth {
-                st.history.pop_front();
-            }
-            st.history.push_back((u.seq, frame.clone()));
-        }
-        fanout(UpdateMsg {
-            topic: topic.id,
-            seq: u.seq,
+        self.record(
+            topic.id,
+            &mut st,
+            u.seq,
+            u.timestamp_us,
             flags,
-            frame,
-        });
+            &u.payload,
+            fanout,
+        );
         applied
     }
 
