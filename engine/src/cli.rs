@@ -43,7 +43,6 @@ fn start_follower(server: &Server, args: &ServeArgs, r: &RelayArgs) -> std::io::
         (None, Some(interface)) => Source::Multicast {
             groups: r.multicast_in.clone(),
             interface,
-            recovery: upstream.addr.clone(),
             receiver: r.receiver(args.multicast_channel),
         },
         (None, None) => unreachable!("RelayArgs::check requires --multicast-if"),

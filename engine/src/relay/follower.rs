@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use socket2::{Domain, Protocol, Socket, Type};
-use yorker_wire::feed::{messages, FeedHeader, Kind};
+use yorker_wire::feed::{messages, FeedHeader, FeedMessage, Kind};
 
 use super::receiver::{Action, Receiver, ReceiverConfig, ReceiverStats, SnapshotReason};
 use super::upstream::{self, Synced, UpstreamConfig, UpstreamError};
@@ -26,8 +26,6 @@ pub enum Source {
         groups: Vec<SocketAddrV4>,
         /// Local address of the interface to join them on.
         interface: Ipv4Addr,
-        /// The origin's engine address: NAKs go there over UDP, snapshots over TCP.
-        recovery: String,
         /// Gap handling.
         receiver: ReceiverConfig,
     },
@@ -44,7 +42,7 @@ pub struct Follower {
 
 impl Follower {
     /// Starts following. `upstream` is where snapshots (and, for [`Source::Upstream`],
-    /// everything) come from.
+    /// everything) come from; for [`Source::Multicast`] NAKs go to the same address over UDP.
     pub fn start(source: Source, upstream: UpstreamConfig, injector: Injector) -> io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
@@ -55,24 +53,15 @@ impl Follower {
             Source::Multicast {
                 groups,
                 interface,
-                recovery,
                 receiver,
             } => {
                 let sock = join_groups(&groups, interface)?;
-                let nak_to: SocketAddr = recovery
-                    .parse()
-                    .or_else(|_| {
-                        std::net::ToSocketAddrs::to_socket_addrs(&recovery)
-                            .ok()
-                            .and_then(|mut a| a.next())
-                            .ok_or(())
-                    })
-                    .map_err(|_| {
-                        io::Error::new(
-                            io::ErrorKind::InvalidInput,
-                            format!("--recovery {recovery}: not an address"),
-                        )
-                    })?;
+                let nak_to = upstream::resolve(&upstream.addr).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("--recovery {}: {e}", upstream.addr),
+                    )
+                })?;
                 let naks = UdpSocket::bind(SocketAddr::from((interface, 0)))?;
                 let m = Multicast {
                     sock,
@@ -241,7 +230,7 @@ impl Multicast {
             }
             for a in actions.drain(..) {
                 match a {
-                    Action::Deliver(d) => self.deliver(&d),
+                    Action::Deliver(msgs) => self.deliver(msgs),
                     Action::Nak { epoch, seq, count } => {
                         let h = FeedHeader {
                             kind: Kind::Nak,
@@ -308,13 +297,15 @@ impl Multicast {
                 Ok((n, _)) => {
                     FeedStats::add(&stats.datagrams_in, 1);
                     let d = Bytes::copy_from_slice(&buf[..n]);
-                    match FeedHeader::decode(&d) {
-                        // A DATA datagram whose messages do not parse is treated as lost (and
-                        // NAKed), never half applied.
-                        Ok(h) if h.kind != Kind::Data || messages(&d, &h).is_ok() => {
-                            rx.on_datagram(&h, d, now_ms(), &mut actions)
-                        }
-                        _ => FeedStats::add(&stats.bad_datagrams, 1),
+                    // Parsed once, here; a DATA datagram whose messages do not parse is
+                    // treated as lost (and NAKed), never half applied.
+                    let parsed = FeedHeader::decode(&d).and_then(|h| match h.kind {
+                        Kind::Data => messages(&d, &h).map(|m| (h, m)),
+                        _ => Ok((h, Vec::new())),
+                    });
+                    match parsed {
+                        Ok((h, m)) => rx.on_datagram(&h, m, now_ms(), &mut actions),
+                        Err(_) => FeedStats::add(&stats.bad_datagrams, 1),
                     }
                 }
                 Err(_) => rx.on_tick(now_ms(), &mut actions),
@@ -329,19 +320,8 @@ impl Multicast {
         }
     }
 
-    fn deliver(&self, d: &Bytes) {
-        let stats = self.injector.stats();
-        let h = match FeedHeader::decode(d) {
-            Ok(h) => h,
-            Err(_) => return FeedStats::add(&stats.bad_datagrams, 1),
-        };
-        let msgs = match messages(d, &h) {
-            Ok(m) => m,
-            Err(e) => {
-                eprintln!("yorker relay: datagram {} refused: {e}", h.seq);
-                return FeedStats::add(&stats.bad_datagrams, 1);
-            }
-        };
+    /// Applies the messages of one DATA datagram, in order.
+    fn deliver(&self, msgs: Vec<FeedMessage>) {
         let now = unix_us();
         for m in msgs {
             if let Ok(t) = self.injector.topic(&m.topic) {

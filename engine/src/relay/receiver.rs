@@ -1,14 +1,14 @@
 //! Relay side, sans-IO: puts the origin's datagrams back in order, finds gaps, decides when to
 //! NAK and when to give up and resynchronise from a snapshot.
 //!
-//! The driver feeds it datagram headers (with the datagram), the time, and the end of a
-//! snapshot; it answers with [`Action`]s. Datagrams reach the engine strictly in sequence
+//! The driver feeds it datagram headers (with the datagram, in whatever form it wants it back:
+//! the driver parses each once), the time, and the end of a snapshot; it answers with
+//! [`Action`]s. Datagrams reach the engine strictly in sequence
 //! order, each exactly once; everything that cannot be recovered ends in a snapshot, whose
 //! updates the registry applies as SNAPSHOT|RESET where continuity broke.
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
 use yorker_wire::feed::{FeedHeader, Kind};
 
 /// Holes one NAK round asks for at most.
@@ -47,9 +47,9 @@ impl Default for ReceiverConfig {
 
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub enum Action<D> {
     /// Apply this DATA datagram's messages now (in this order).
-    Deliver(Bytes),
+    Deliver(D),
     /// Send a NAK to the origin for `count` datagrams from `seq`.
     Nak {
         /// Epoch of the missing datagrams.
@@ -105,7 +105,7 @@ pub struct ReceiverStats {
 
 /// The relay's view of one origin channel.
 #[derive(Debug)]
-pub struct Receiver {
+pub struct Receiver<D> {
     cfg: ReceiverConfig,
     state: State,
     /// The epoch being followed (None before the first snapshot).
@@ -115,7 +115,7 @@ pub struct Receiver {
     /// The epoch followed before the origin restarted: its late datagrams are ignored.
     left_epoch: Option<u64>,
     next: u64,
-    pending: BTreeMap<u64, Bytes>,
+    pending: BTreeMap<u64, D>,
     /// Highest number known to exist (from DATA or HEARTBEAT).
     highest: u64,
     nak_due_ms: Option<u64>,
@@ -126,9 +126,9 @@ pub struct Receiver {
     stats: ReceiverStats,
 }
 
-impl Receiver {
+impl<D> Receiver<D> {
     /// A receiver that starts with a snapshot (the first action to take is returned too).
-    pub fn new(cfg: ReceiverConfig, seed: u64) -> (Self, Action) {
+    pub fn new(cfg: ReceiverConfig, seed: u64) -> (Self, Action<D>) {
         let mut r = Receiver {
             cfg,
             state: State::Snapshotting,
@@ -180,7 +180,7 @@ impl Receiver {
         self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
     }
 
-    fn start_snapshot(&mut self, reason: SnapshotReason, out: &mut Vec<Action>) {
+    fn start_snapshot(&mut self, reason: SnapshotReason, out: &mut Vec<Action<D>>) {
         if self.state == State::Snapshotting {
             return; // the running one will do; what it misses is NAKed afterwards
         }
@@ -191,8 +191,9 @@ impl Receiver {
         out.push(Action::Snapshot(reason));
     }
 
-    /// A datagram from the group (DATA, HEARTBEAT or UNAVAILABLE; others are ignored).
-    pub fn on_datagram(&mut self, h: &FeedHeader, d: Bytes, now_ms: u64, out: &mut Vec<Action>) {
+    /// A datagram from the group (DATA, HEARTBEAT or UNAVAILABLE; others are ignored). `d` is
+    /// kept, and handed back in [`Action::Deliver`], only for DATA.
+    pub fn on_datagram(&mut self, h: &FeedHeader, d: D, now_ms: u64, out: &mut Vec<Action<D>>) {
         if h.channel != self.cfg.channel || matches!(h.kind, Kind::Nak) {
             self.stats.ignored += 1;
             return;
@@ -220,7 +221,7 @@ impl Receiver {
     }
 
     /// Records what a datagram says about the sequence, keeping DATA until it can be delivered.
-    fn hold(&mut self, h: &FeedHeader, d: Bytes, out: &mut Vec<Action>) {
+    fn hold(&mut self, h: &FeedHeader, d: D, out: &mut Vec<Action<D>>) {
         match h.kind {
             Kind::Data => {
                 if self.state == State::Live && h.seq < self.next {
@@ -255,7 +256,7 @@ impl Receiver {
     }
 
     /// Delivers what is in order and schedules a NAK for what is missing.
-    fn advance(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+    fn advance(&mut self, now_ms: u64, out: &mut Vec<Action<D>>) {
         while let Some(d) = self.pending.remove(&self.next) {
             out.push(Action::Deliver(d));
             self.next += 1;
@@ -280,7 +281,7 @@ impl Receiver {
     }
 
     /// Time passed: send a due NAK, or give up on the gap.
-    pub fn on_tick(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+    pub fn on_tick(&mut self, now_ms: u64, out: &mut Vec<Action<D>>) {
         let Some(due) = self.nak_due_ms else { return };
         if self.state != State::Live || now_ms < due {
             return;
@@ -329,7 +330,13 @@ impl Receiver {
     /// `feed_seq` (what the origin had sent when it took the snapshot). Held datagrams beyond
     /// it are delivered (the registry drops updates the snapshot already had); missing ones
     /// are NAKed.
-    pub fn snapshot_done(&mut self, epoch: u64, feed_seq: u64, now_ms: u64, out: &mut Vec<Action>) {
+    pub fn snapshot_done(
+        &mut self,
+        epoch: u64,
+        feed_seq: u64,
+        now_ms: u64,
+        out: &mut Vec<Action<D>>,
+    ) {
         if self.newest_epoch.is_some_and(|e| e != epoch) {
             // What is held belongs to another epoch than the snapshot's; if that one is the
             // origin's current epoch, its next datagram starts another snapshot.
@@ -357,7 +364,7 @@ impl Receiver {
     }
 
     /// The snapshot failed (origin unreachable): try again later from a clean state.
-    pub fn snapshot_failed(&mut self, out: &mut Vec<Action>) {
+    pub fn snapshot_failed(&mut self, out: &mut Vec<Action<D>>) {
         self.state = State::Live;
         let reason = if self.epoch.is_none() {
             SnapshotReason::Start
@@ -371,6 +378,7 @@ impl Receiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn h(kind: Kind, epoch: u64, seq: u64) -> FeedHeader {
         FeedHeader {
@@ -388,7 +396,7 @@ mod tests {
         Bytes::from(n.to_be_bytes().to_vec())
     }
 
-    fn delivered(out: &[Action]) -> Vec<u64> {
+    fn delivered(out: &[Action<Bytes>]) -> Vec<u64> {
         out.iter()
             .filter_map(|a| match a {
                 Action::Deliver(d) => Some(u64::from_be_bytes(d[..8].try_into().unwrap())),
@@ -397,7 +405,7 @@ mod tests {
             .collect()
     }
 
-    fn live(feed_seq: u64) -> Receiver {
+    fn live(feed_seq: u64) -> Receiver<Bytes> {
         let (mut r, first) = Receiver::new(ReceiverConfig::default(), 7);
         assert_eq!(first, Action::Snapshot(SnapshotReason::Start));
         let mut out = Vec::new();
@@ -548,6 +556,7 @@ mod tests {
 #[cfg(test)]
 mod props {
     use super::*;
+    use bytes::Bytes;
     use proptest::prelude::*;
 
     fn h(seq: u64, kind: Kind) -> FeedHeader {

@@ -84,7 +84,8 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
 }
 
-fn resolve(addr: &str) -> io::Result<SocketAddr> {
+/// The first address `addr` (HOST:PORT or IP:PORT) resolves to.
+pub(crate) fn resolve(addr: &str) -> io::Result<SocketAddr> {
     addr.to_socket_addrs()?
         .next()
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))
