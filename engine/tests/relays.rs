@@ -510,14 +510,7 @@ fn connect_retrying(addr: &str, role: Role) -> Client {
             std::thread::sleep(Duration::from_millis(10)); // the port is between owners
             continue;
         };
-        c.send(&Frame::Hello(Hello {
-            version: 1,
-            role,
-            client_name: "test".into(),
-            token: KEY.into(),
-        }));
-        if let Some(Frame::Welcome(w)) = c.next(Duration::from_secs(2)) {
-            c.welcome = Some(w);
+        if c.hello(role, Duration::from_secs(2)).is_ok() {
             return c;
         }
     }

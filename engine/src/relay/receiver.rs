@@ -405,6 +405,15 @@ mod tests {
             .collect()
     }
 
+    /// The NAK a test expects (epoch 5).
+    fn nak(seq: u64, count: u16) -> Action<Bytes> {
+        Action::Nak {
+            epoch: 5,
+            seq,
+            count,
+        }
+    }
+
     fn live(feed_seq: u64) -> Receiver<Bytes> {
         let (mut r, first) = Receiver::new(ReceiverConfig::default(), 7);
         assert_eq!(first, Action::Snapshot(SnapshotReason::Start));
@@ -435,14 +444,7 @@ mod tests {
         assert_eq!(r.stats().gaps, 1);
         out.clear();
         r.on_tick(11, &mut out); // past the longest delay
-        assert_eq!(
-            out,
-            vec![Action::Nak {
-                epoch: 5,
-                seq: 2,
-                count: 2
-            }]
-        );
+        assert_eq!(out, vec![nak(2, 2)]);
         out.clear();
         r.on_datagram(&h(Kind::Data, 5, 3), data(3), 12, &mut out);
         assert!(delivered(&out).is_empty());
@@ -462,14 +464,7 @@ mod tests {
         r.on_datagram(&h(Kind::Heartbeat, 5, 3), Bytes::new(), 0, &mut out);
         out.clear();
         r.on_tick(20, &mut out);
-        assert_eq!(
-            out,
-            vec![Action::Nak {
-                epoch: 5,
-                seq: 2,
-                count: 2
-            }]
-        );
+        assert_eq!(out, vec![nak(2, 2)]);
     }
 
     #[test]

@@ -89,7 +89,16 @@ impl Client {
     }
 
     fn handshake(mut c: Client, role: Role) -> Client {
-        c.send(&Frame::Hello(Hello {
+        if let Err(other) = c.hello(role, Duration::from_secs(5)) {
+            panic!("expected WELCOME, got {other:?}");
+        }
+        c
+    }
+
+    /// HELLO as `role` (publishers present KEY), then WELCOME within `timeout`; otherwise
+    /// what came instead (None: nothing, or the connection ended).
+    pub fn hello(&mut self, role: Role, timeout: Duration) -> Result<(), Option<Frame>> {
+        self.send(&Frame::Hello(Hello {
             version: 1,
             role,
             client_name: "test".into(),
@@ -99,11 +108,13 @@ impl Client {
                 String::new()
             },
         }));
-        match c.next(Duration::from_secs(5)) {
-            Some(Frame::Welcome(w)) => c.welcome = Some(w),
-            other => panic!("expected WELCOME, got {other:?}"),
+        match self.next(timeout) {
+            Some(Frame::Welcome(w)) => {
+                self.welcome = Some(w);
+                Ok(())
+            }
+            other => Err(other),
         }
-        c
     }
 
     pub fn send(&mut self, f: &Frame) {
