@@ -164,6 +164,7 @@ pub struct RelayArgs {
 impl RelayArgs {
     /// Validates the relay flags against the engine flags.
     pub fn check(&self, serve: &ServeArgs) -> Result<(), String> {
+        check_key(&self.upstream_key, "--upstream-key")?;
         if serve.publisher_key.is_some() {
             return Err(
                 "a relay takes no publishers: drop --publisher-key (publish to the origin)".into(),
@@ -205,6 +206,14 @@ impl RelayArgs {
             max_pending: self.max_pending_datagrams,
             ..ReceiverConfig::default()
         }
+    }
+}
+
+/// Keys travel as a HELLO token (str8): 1 to 255 bytes.
+fn check_key(key: &Option<String>, flag: &str) -> Result<(), String> {
+    match key {
+        Some(k) if k.is_empty() || k.len() > 255 => Err(format!("{flag} must be 1 to 255 bytes")),
+        _ => Ok(()),
     }
 }
 
@@ -302,18 +311,8 @@ impl ServeArgs {
             (512..=1 << 20).contains(&self.recv_buffer_size),
             "--recv-buffer-size must be between 512 and 1048576",
         )?;
-        if let Some(k) = &self.publisher_key {
-            check(
-                !k.is_empty() && k.len() <= 255,
-                "--publisher-key must be 1 to 255 bytes",
-            )?;
-        }
-        if let Some(k) = &self.relay_key {
-            check(
-                !k.is_empty() && k.len() <= 255,
-                "--relay-key must be 1 to 255 bytes",
-            )?;
-        }
+        check_key(&self.publisher_key, "--publisher-key")?;
+        check_key(&self.relay_key, "--relay-key")?;
         check(
             self.relay_outbox_limit >= 65_536,
             "--relay-outbox-limit must be at least 65536",
