@@ -516,6 +516,18 @@ fn connect_retrying(addr: &str, role: Role) -> Client {
     }
 }
 
+/// A publisher on the origin that has published `ready` = "1" (see [`wait_ready`]).
+fn ready_publisher() -> Client {
+    let mut p = Client::connect("127.0.0.1:7000".parse().unwrap(), Role::Publisher);
+    p.publish("ready", 0, b"1");
+    p
+}
+
+/// Waits until the relay on `port` serves the origin's `ready` value: it has synced.
+fn wait_ready(port: u16) {
+    wait_value(&format!("127.0.0.1:{port}"), "ready", b"1");
+}
+
 /// Waits until the engine at `addr` serves `topic` with exactly `payload`.
 fn wait_value(addr: &str, topic: &str, payload: &[u8]) {
     let addr: SocketAddr = addr.parse().unwrap();
@@ -557,11 +569,10 @@ fn multicast_with_loss_every_client_ends_with_every_latest_value() {
     }
     inject_loss(20);
     let _origin = origin();
-    let mut p = Client::connect("127.0.0.1:7000".parse().unwrap(), Role::Publisher);
-    p.publish("ready", 0, b"1");
+    let mut p = ready_publisher();
     let relays = [multicast_relay(7101), multicast_relay(7102)];
-    wait_value("127.0.0.1:7101", "ready", b"1");
-    wait_value("127.0.0.1:7102", "ready", b"1");
+    wait_ready(7101);
+    wait_ready(7102);
 
     let ts = topics(8);
     let mut clients = Vec::new();
@@ -602,12 +613,11 @@ fn killed_relay_clients_resume_on_the_other_one() {
         return;
     }
     let _origin = origin();
-    let mut p = Client::connect("127.0.0.1:7000".parse().unwrap(), Role::Publisher);
-    p.publish("ready", 0, b"1");
+    let mut p = ready_publisher();
     let mut a = multicast_relay(7101);
     let _b = multicast_relay(7102);
-    wait_value("127.0.0.1:7101", "ready", b"1");
-    wait_value("127.0.0.1:7102", "ready", b"1");
+    wait_ready(7101);
+    wait_ready(7102);
 
     let ts = topics(4);
     let on_a: SocketAddr = "127.0.0.1:7101".parse().unwrap();
@@ -648,8 +658,7 @@ fn origin_restart_changes_the_epoch_and_relays_resync() {
         return;
     }
     let mut o = origin();
-    let mut p = Client::connect("127.0.0.1:7000".parse().unwrap(), Role::Publisher);
-    p.publish("ready", 0, b"1");
+    let mut p = ready_publisher();
     let _m = multicast_relay(7101);
     let _t = Proc::start(
         "relay-tcp",
@@ -662,8 +671,8 @@ fn origin_restart_changes_the_epoch_and_relays_resync() {
         ],
     );
     wait_listening("127.0.0.1:7102");
-    wait_value("127.0.0.1:7101", "ready", b"1");
-    wait_value("127.0.0.1:7102", "ready", b"1");
+    wait_ready(7101);
+    wait_ready(7102);
     let ts = topics(3);
     let mut clients: Vec<Checker> = [7101, 7102]
         .iter()
@@ -717,10 +726,9 @@ fn ab_feeds_arbitrate_by_sequence_number() {
     // Group A loses a quarter of its datagrams; B loses none: B's copy fills every hole.
     inject_loss_on("239.7.7.7", 4);
     let _origin = origin_on(ab);
-    let mut p = Client::connect("127.0.0.1:7000".parse().unwrap(), Role::Publisher);
-    p.publish("ready", 0, b"1");
+    let mut p = ready_publisher();
     let relay = multicast_relay_on(7101, ab);
-    wait_value("127.0.0.1:7101", "ready", b"1");
+    wait_ready(7101);
     let ts = topics(4);
     let mut k = Checker::connect("127.0.0.1:7101".parse().unwrap(), &ts, false, "ab");
     let latest = publish(&mut p, &ts, 1000, "ab", Duration::from_micros(300));
