@@ -28,7 +28,7 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run the engine itself (same as `yorker serve`); the demo starts it this way.
     #[command(hide = true)]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
 }
 
 fn main() -> ExitCode {
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::run(&a),
         Command::Watch(a) => watch::run(&a),
         Command::Demo(a) => demo::run(&a),
-        Command::Serve(a) => return yorker_engine::cli::serve(a),
+        Command::Serve(a) => return yorker_engine::cli::serve(*a),
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),

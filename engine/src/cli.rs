@@ -66,6 +66,9 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if args.allow_anonymous_relays && args.relay_key.is_none() {
+        eprintln!("yorker: WARNING: --allow-anonymous-relays: any client may connect as a relay and receive every topic (each such session costs a snapshot of every topic); set --relay-key instead");
+    }
     let cores = cfg.cores;
     let server = match Server::start(cfg) {
         Ok(s) => s,

@@ -4,6 +4,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use clap::{Args, ValueEnum};
 
+use crate::core::topic::RegistryLimits;
 use crate::core::{CoreConfig, SlowPolicy};
 use crate::relay::receiver::ReceiverConfig;
 use crate::relay::MulticastOut;
@@ -53,10 +54,17 @@ pub struct ServeArgs {
     /// Key publishers present as their HELLO token; without it no connection may publish.
     #[arg(long, env = "YORKER_PUBLISHER_KEY", hide_env_values = true)]
     pub publisher_key: Option<String>,
-    /// Key relays present as their HELLO token; without it any relay may connect (relays only
-    /// read, but each receives every topic).
+    /// Key relays present as their HELLO token; without it no relay may connect (unless
+    /// --allow-anonymous-relays). With a multicast feed it also signs the relays' NAKs.
     #[arg(long, env = "YORKER_RELAY_KEY", hide_env_values = true)]
     pub relay_key: Option<String>,
+    /// Let relays connect without a key (--relay-key unset). Off by default: every relay
+    /// session costs a snapshot of every topic.
+    #[arg(long, env = "YORKER_ALLOW_ANONYMOUS_RELAYS")]
+    pub allow_anonymous_relays: bool,
+    /// Relay connections the server holds at most (each receives every topic).
+    #[arg(long, env = "YORKER_MAX_RELAYS", default_value_t = 64)]
+    pub max_relays: usize,
     /// Outbox bytes per relay connection (every topic, never conflated; beyond it the relay is
     /// disconnected and resynchronises).
     #[arg(long, env = "YORKER_RELAY_OUTBOX_LIMIT", default_value_t = 64 * 1024 * 1024)]
@@ -73,9 +81,28 @@ pub struct ServeArgs {
     /// Updates kept per topic for resume after reconnect.
     #[arg(long, env = "YORKER_HISTORY_DEPTH", default_value_t = 64)]
     pub history_depth: usize,
-    /// Topics the server holds at most.
+    /// Bytes of history kept per topic (at most --outbox-limit, so a replay fits an outbox).
+    #[arg(long, env = "YORKER_HISTORY_BYTES", default_value_t = 128 * 1024)]
+    pub history_bytes: usize,
+    /// Bytes of history kept over all topics; beyond it busy topics keep only their latest
+    /// value (their resumes become RESETs).
+    #[arg(long, env = "YORKER_MAX_HISTORY_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_history_bytes: usize,
+    /// Topics publishers (or a relay's feed) may create at most.
     #[arg(long, env = "YORKER_MAX_TOPICS", default_value_t = 100_000)]
     pub max_topics: usize,
+    /// Placeholder topics at most: subscribed before their first publish, freed with their last
+    /// subscriber. Kept apart from --max-topics so subscribers cannot crowd out publishers.
+    #[arg(long, env = "YORKER_MAX_PLACEHOLDERS", default_value_t = 100_000)]
+    pub max_placeholders: usize,
+    /// A frame that starts arriving must be complete within this many ms (a client dripping
+    /// a large frame byte by byte is closed with ERROR frame_timeout).
+    #[arg(long, env = "YORKER_FRAME_TIMEOUT_MS", default_value_t = 10_000)]
+    pub frame_timeout_ms: u64,
+    /// Bytes of partly received frames held over all connections of one core; beyond it the
+    /// connection holding the largest one is closed (ERROR server_busy).
+    #[arg(long, env = "YORKER_SHARD_INBOUND_CAP", default_value_t = 64 * 1024 * 1024)]
+    pub shard_inbound_cap: usize,
     /// Frames gathered into one send at most.
     #[arg(long, env = "YORKER_MAX_FRAMES_PER_SEND", default_value_t = 64)]
     pub max_frames_per_send: usize,
@@ -217,6 +244,36 @@ fn check_key(key: &Option<String>, flag: &str) -> Result<(), String> {
     }
 }
 
+/// The CPUs this process may run on (its affinity mask: taskset, cpusets, containers).
+fn allowed_cpus() -> Vec<usize> {
+    core_affinity::get_core_ids()
+        .map(|ids| ids.into_iter().map(|c| c.id).collect())
+        .unwrap_or_default()
+}
+
+/// `--cpus` must name CPUs this process may use, one per shard.
+fn check_cpus(cpus: &[usize], cores: usize, allowed: &[usize]) -> Result<(), String> {
+    if !allowed.is_empty() {
+        if let Some(bad) = cpus.iter().find(|c| !allowed.contains(c)) {
+            return Err(format!(
+                "--cpus: CPU {bad} is not available to this process (it may use {})",
+                allowed
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ));
+        }
+    }
+    if cpus.len() != cores {
+        return Err(format!(
+            "--cores {cores} but --cpus lists {} CPU(s): give one CPU per shard",
+            cpus.len()
+        ));
+    }
+    Ok(())
+}
+
 /// A parsed CPU list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CpuList(pub Vec<usize>);
@@ -247,6 +304,12 @@ fn parse_cpus(s: &str) -> Result<CpuList, String> {
     if out.is_empty() {
         return Err("empty CPU list".into());
     }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = out.iter().find(|c| !seen.insert(**c)) {
+        return Err(format!(
+            "CPU {dup} is listed twice (one shard per CPU: two shards on one CPU only contend)"
+        ));
+    }
     Ok(CpuList(out))
 }
 
@@ -261,6 +324,9 @@ impl ServeArgs {
             .unwrap_or_else(|| self.cpus.as_ref().map(|c| c.0.len()).unwrap_or(online));
         if cores == 0 {
             return Err("--cores must be at least 1".into());
+        }
+        if let Some(cpus) = &self.cpus {
+            check_cpus(&cpus.0, cores, &allowed_cpus())?;
         }
         let check = |ok: bool, msg: &str| if ok { Ok(()) } else { Err(msg.to_string()) };
         check(
@@ -291,12 +357,34 @@ impl ServeArgs {
             self.shard_outbox_cap >= self.outbox_limit,
             "--shard-outbox-cap must be at least --outbox-limit",
         )?;
+        // Every reply must fit a frame: a SUBACK holds one 13-byte entry per requested topic,
+        // and requests carry at most --max-subscriptions entries.
+        check(
+            self.max_subscriptions >= 1 && (self.max_subscriptions as usize) <= (self.max_frame as usize - 7) / 13,
+            &format!("--max-subscriptions must be between 1 and (max-frame - 7) / 13 = {} (a SUBACK answering that many topics must fit a frame)", (self.max_frame as usize - 7) / 13),
+        )?;
+        check(
+            self.history_bytes >= 1 && self.history_bytes <= self.outbox_limit,
+            "--history-bytes must be between 1 and --outbox-limit (a replay must fit an outbox)",
+        )?;
+        check(
+            self.max_placeholders >= 1 && self.max_placeholders < u32::MAX as usize / 2,
+            "--max-placeholders out of range",
+        )?;
+        check(
+            self.frame_timeout_ms >= 10,
+            "--frame-timeout-ms must be at least 10",
+        )?;
+        check(
+            self.shard_inbound_cap >= self.max_frame as usize,
+            "--shard-inbound-cap must be at least --max-frame",
+        )?;
         check(
             (1..=1024).contains(&self.max_frames_per_send),
             "--max-frames-per-send must be between 1 and 1024 (IOV_MAX)",
         )?;
         check(
-            self.max_topics >= 1 && self.max_topics < u32::MAX as usize,
+            self.max_topics >= 1 && self.max_topics < u32::MAX as usize / 2,
             "--max-topics out of range",
         )?;
         check(
@@ -375,14 +463,23 @@ impl ServeArgs {
                 write_timeout_ms: self.write_timeout_ms,
                 publisher_key: self.publisher_key.clone(),
                 relay_key: self.relay_key.clone(),
+                allow_anonymous_relays: self.allow_anonymous_relays,
+                max_relays: self.max_relays,
                 relay_outbox_limit: self.relay_outbox_limit,
+                frame_timeout_ms: self.frame_timeout_ms,
+                shard_inbound_cap: self.shard_inbound_cap,
                 max_frames_per_send: self.max_frames_per_send,
                 goaway_base_ms: self.goaway_base_ms,
                 goaway_jitter_ms: self.goaway_jitter_ms,
                 drain_ms: self.drain_ms,
             },
-            history_depth: self.history_depth,
-            max_topics: self.max_topics,
+            registry: RegistryLimits {
+                history_depth: self.history_depth,
+                history_bytes: self.history_bytes,
+                max_history_bytes: self.max_history_bytes,
+                max_topics: self.max_topics,
+                max_placeholders: self.max_placeholders,
+            },
             backlog: self.backlog,
             recv_buffers: self.recv_buffers,
             recv_buffer_size: self.recv_buffer_size,
@@ -402,5 +499,18 @@ mod tests {
         assert!(parse_cpus("").is_err());
         assert!(parse_cpus("3-1").is_err());
         assert!(parse_cpus("x").is_err());
+        assert!(parse_cpus("0,0,0,0").unwrap_err().contains("twice"));
+        assert!(parse_cpus("1,0-2").unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn cpus_must_exist_and_match_the_cores() {
+        let allowed = [0, 1];
+        assert!(check_cpus(&[0, 1], 2, &allowed).is_ok());
+        let e = check_cpus(&(7..=99).collect::<Vec<_>>(), 93, &allowed).unwrap_err();
+        assert!(e.contains("CPU 7 is not available"), "{e}");
+        assert!(check_cpus(&[0], 2, &allowed)
+            .unwrap_err()
+            .contains("one CPU per shard"));
     }
 }

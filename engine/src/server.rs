@@ -12,6 +12,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use yorker_uring::RingConfig;
 
 use crate::bus::ShardBus;
+use crate::core::topic::RegistryLimits;
 use crate::core::{CoreConfig, CoreStats, Registry, ShardCore};
 use crate::relay::origin::Origin;
 use crate::relay::{FeedStats, Injector, MulticastOut};
@@ -29,10 +30,8 @@ pub struct ServerConfig {
     pub cpus: Vec<usize>,
     /// Per-shard core settings (`max_connections` is per shard).
     pub core: CoreConfig,
-    /// Updates kept per topic for resume.
-    pub history_depth: usize,
-    /// Topics the server holds at most.
-    pub max_topics: usize,
+    /// Topic counts and history bounds.
+    pub registry: RegistryLimits,
     /// listen(2) backlog.
     pub backlog: i32,
     /// Provided receive buffers per shard (power of two).
@@ -52,8 +51,7 @@ impl Default for ServerConfig {
             cores: 1,
             cpus: Vec::new(),
             core: CoreConfig::default(),
-            history_depth: 64,
-            max_topics: 100_000,
+            registry: RegistryLimits::default(),
             backlog: 4096,
             recv_buffers: 2048,
             recv_buffer_size: 2048,
@@ -120,21 +118,23 @@ pub struct Totals {
     pub topics: u64,
 }
 
-/// One engine per listen address. SO_REUSEPORT lets a second process of the same user bind the
-/// same port, and the kernel would then silently hand it part of the new connections (publishers
-/// on one engine, subscribers on the other: updates that never arrive). An abstract Unix socket
-/// named after the address (per network namespace, released when the process dies, even by
+/// One engine per TCP port. SO_REUSEPORT lets a second process of the same user bind the same
+/// port, and the kernel would then silently hand it part of the new connections (publishers on
+/// one engine, subscribers on the other: updates that never arrive). The same goes for a second
+/// engine on a more specific address of the port (`127.0.0.1:P` next to `0.0.0.0:P` takes every
+/// loopback client), so the claim is per port, whatever the address. An abstract Unix socket
+/// named after the port (per network namespace, released when the process dies, even by
 /// SIGKILL) turns that into a clear start-up error.
 fn claim(addr: SocketAddr) -> Result<UnixListener, StartError> {
     use std::os::linux::net::SocketAddrExt;
-    let name = format!("yorker-engine/{addr}");
+    let name = format!("yorker-engine/tcp-port/{}", addr.port());
     let taken = |source| StartError::Listen { addr, source };
     let sa = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).map_err(taken)?;
     UnixListener::bind_addr(&sa).map_err(|e| {
         taken(if e.kind() == io::ErrorKind::AddrInUse {
             io::Error::new(
                 io::ErrorKind::AddrInUse,
-                "another yorker engine already listens on this address (SO_REUSEPORT would let it share the connections)",
+                "another yorker engine already listens on this port (SO_REUSEPORT, or a more specific address, would let it take connections meant for the other)",
             )
         } else {
             e
@@ -184,11 +184,8 @@ impl Server {
             );
         }
         let core_cfg = Arc::new(core_cfg);
-        let epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(1);
-        let registry = Arc::new(Registry::new(epoch, cfg.history_depth, cfg.max_topics));
+        let epoch = new_epoch();
+        let registry = Arc::new(Registry::with_limits(epoch, cfg.registry));
         let shutdown = Arc::new(AtomicBool::new(false));
         let epoch_instant = Instant::now();
 
@@ -423,6 +420,21 @@ impl Drop for Server {
             self.stop();
         }
     }
+}
+
+/// A fresh server epoch: 64 random bits (never 0), so that it changes at every start and
+/// cannot be guessed from the start time.
+fn new_epoch() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::getrandom(&mut b).is_err() {
+        // No entropy source at all: fall back to the clock (unique, not secret).
+        return SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1)
+            | 1;
+    }
+    u64::from_be_bytes(b).max(1)
 }
 
 /// The timer tick: a quarter of the shortest timeout, between 5 ms and 250 ms.

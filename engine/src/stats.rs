@@ -84,4 +84,8 @@ shared_stats!(
     sends,
     frames_sent,
     relay_links,
+    inbound_bytes,
+    frame_timeouts,
+    inbound_cap_closes,
+    auth_refused,
 );

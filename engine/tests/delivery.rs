@@ -38,7 +38,7 @@ fn late_subscriber_gets_the_latest_value_as_a_snapshot() {
 #[test]
 fn reconnect_with_resume_gets_exactly_the_missed_updates() {
     let mut cfg = config(2);
-    cfg.history_depth = 8;
+    cfg.registry.history_depth = 8;
     let server = start(cfg);
     let addr = server.local_addr();
     let mut p = Client::connect(addr, Role::Publisher);

@@ -368,6 +368,28 @@ fn a_second_engine_on_the_same_address_is_refused() {
     assert_eq!(again.local_addr(), addr);
 }
 
+/// A second engine on a more specific address of the same port (127.0.0.1:P next to
+/// 0.0.0.0:P) would take every loopback client of the first: refused too.
+#[test]
+fn a_second_engine_on_a_more_specific_address_of_the_port_is_refused() {
+    let mut cfg = config(1);
+    cfg.listen = "0.0.0.0:0".parse().unwrap();
+    let first = start(cfg);
+    let port = first.local_addr().port();
+    let mut cfg = config(1);
+    cfg.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    match yorker_engine::Server::start(cfg) {
+        Err(e) => assert!(e.to_string().contains("another yorker engine"), "{e}"),
+        Ok(_) => panic!("a second engine started on 127.0.0.1:{port}"),
+    }
+    // Loopback clients still reach the first engine.
+    let mut c = Client::connect(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        Role::Subscriber,
+    );
+    assert!(c.welcome.take().is_some());
+}
+
 /// Regression: closing a connection must never touch the connection the kernel puts in the
 /// same slot next. (A Shutdown op, run late by io-wq, once shut down whichever socket held the
 /// slot by then.) Churn many connections and check that every survivor still works.

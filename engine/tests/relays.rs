@@ -272,7 +272,7 @@ fn tcp_relays_chain_and_clients_move_between_them() {
             Source::Upstream,
             UpstreamConfig {
                 addr: up.to_string(),
-                key: None,
+                key: Some(RELAY_KEY.into()),
                 connect_timeout: Duration::from_secs(2),
             },
             server.injector(),
@@ -461,6 +461,8 @@ fn origin_args(groups: &str) -> Vec<&str> {
         "127.0.0.1:7000",
         "--publisher-key",
         KEY,
+        "--relay-key",
+        RELAY_KEY,
         "--multicast-out",
         groups,
         "--multicast-if",
@@ -494,6 +496,8 @@ fn multicast_relay_on(port: u16, groups: &str) -> Proc {
             "127.0.0.1",
             "--recovery",
             "127.0.0.1:7000",
+            "--upstream-key",
+            RELAY_KEY,
         ],
     );
     wait_listening(&listen);
@@ -668,6 +672,8 @@ fn origin_restart_changes_the_epoch_and_relays_resync() {
             "127.0.0.1:7102",
             "--upstream",
             "127.0.0.1:7000",
+            "--upstream-key",
+            RELAY_KEY,
         ],
     );
     wait_listening("127.0.0.1:7102");
@@ -757,7 +763,7 @@ fn a_relay_never_sends_its_clients_a_frame_beyond_its_max_frame() {
         Source::Upstream,
         UpstreamConfig {
             addr: origin.local_addr().to_string(),
-            key: None,
+            key: Some(RELAY_KEY.into()),
             connect_timeout: Duration::from_secs(2),
         },
         relay.injector(),

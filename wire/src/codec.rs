@@ -287,7 +287,8 @@ pub fn decode_one(buf: &mut BytesMut, max_frame: u32) -> Result<Option<Frame>, D
     }
     let total = LENGTH_PREFIX + len as usize;
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        // Nothing is reserved for the announced length: a peer that announces a large frame
+        // and then drips it costs only the bytes it actually sent.
         return Ok(None);
     }
     buf.advance(LENGTH_PREFIX);

@@ -154,6 +154,14 @@ error_codes! {
     /// GOAWAY reason to a relay: this engine's epoch changed (its own upstream restarted);
     /// reconnect at once and resynchronise.
     Resync = 16, "resync";
+    /// A SUBSCRIBE or UNSUBSCRIBE carried more entries than `max_subscriptions`.
+    TooManyEntries = 17, "too_many_entries";
+    /// A frame that had started to arrive was not complete within the server's frame timeout.
+    FrameTimeout = 18, "frame_timeout";
+    /// The session's token expired (and its grace time passed) without a refresh (AUTH).
+    TokenExpired = 19, "token_expired";
+    /// The server is over a memory or rate limit; reconnect later.
+    ServerBusy = 20, "server_busy";
 }
 
 impl std::fmt::Display for ErrorCode {

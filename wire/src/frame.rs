@@ -118,6 +118,9 @@ pub enum SubResult {
     LimitReached = 17,
     /// UNSUBSCRIBE of a topic id this connection is not subscribed to.
     NotSubscribed = 18,
+    /// The session's token (or the server's rules for anonymous clients) does not allow this
+    /// topic.
+    Forbidden = 19,
 }
 
 impl SubResult {
@@ -131,6 +134,7 @@ impl SubResult {
             16 => SubResult::InvalidTopic,
             17 => SubResult::LimitReached,
             18 => SubResult::NotSubscribed,
+            19 => SubResult::Forbidden,
             _ => return None,
         })
     }

@@ -2,6 +2,7 @@
 //! and `now`, and tested without sockets. The io_uring driver (`crate::shard`) only moves bytes.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod outbox;
 pub mod shard_core;
 pub mod subscribers;

@@ -54,8 +54,17 @@ pub struct CoreConfig {
     pub write_timeout_ms: u64,
     /// Publishers must present this key; `None` refuses every publisher.
     pub publisher_key: Option<String>,
-    /// Relays must present this key; `None` lets any relay connect (they only read).
+    /// Relays must present this key; `None` refuses every relay unless
+    /// `allow_anonymous_relays`.
     pub relay_key: Option<String>,
+    /// Without a relay key, let any relay connect (each costs a snapshot of every topic).
+    pub allow_anonymous_relays: bool,
+    /// Relay connections over the whole server, at most.
+    pub max_relays: usize,
+    /// A frame that started to arrive must be complete within this many ms.
+    pub frame_timeout_ms: u64,
+    /// Bytes of partial frames held over all connections of the shard, at most.
+    pub shard_inbound_cap: usize,
     /// Outbox bytes per relay connection (it carries every topic, never conflated).
     pub relay_outbox_limit: usize,
     /// Frames gathered into one send at most (iovec entries).
@@ -82,6 +91,10 @@ impl Default for CoreConfig {
             write_timeout_ms: 10_000,
             publisher_key: None,
             relay_key: None,
+            allow_anonymous_relays: false,
+            max_relays: 64,
+            frame_timeout_ms: 10_000,
+            shard_inbound_cap: 64 * 1024 * 1024,
             relay_outbox_limit: 64 * 1024 * 1024,
             max_frames_per_send: 64,
             goaway_base_ms: 1_000,
@@ -130,6 +143,14 @@ pub struct CoreStats {
     pub frames_sent: u64,
     /// Relay connections (gauge).
     pub relay_links: u64,
+    /// Bytes held in partly received frames (gauge).
+    pub inbound_bytes: u64,
+    /// Connections closed because a partial frame did not complete in time.
+    pub frame_timeouts: u64,
+    /// Connections closed because the shard's partial-frame memory cap was reached.
+    pub inbound_cap_closes: u64,
+    /// HELLOs refused (wrong or missing key or token, relay cap).
+    pub auth_refused: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +180,8 @@ struct Conn {
     last_rx_ms: u32,
     last_tx_ms: u32,
     send_started_ms: u32,
+    /// When the first byte of the partial frame in `pending` arrived.
+    partial_since_ms: u32,
 }
 
 /// Milliseconds elapsed from `then` to `now` on the u32 clock.
@@ -192,6 +215,8 @@ pub struct ShardCore {
     shutting_down: bool,
     overflowed: Vec<u32>,
     relays: Vec<RelayLink>,
+    /// Capacity of every connection's `pending` buffer.
+    inbound_bytes: usize,
 }
 
 /// A downstream relay: it gets every topic, in the origin's order, never conflated, each topic
@@ -236,6 +261,7 @@ impl ShardCore {
             shutting_down: false,
             overflowed: Vec::new(),
             relays: Vec::new(),
+            inbound_bytes: 0,
         }
     }
 
@@ -245,6 +271,7 @@ impl ShardCore {
         s.subscriptions = self.index.total() as u64;
         s.outbox_bytes = self.total_outbox as u64;
         s.relay_links = self.relays.len() as u64;
+        s.inbound_bytes = self.inbound_bytes as u64;
         s
     }
 
@@ -304,6 +331,7 @@ impl ShardCore {
             last_rx_ms: t,
             last_tx_ms: t,
             send_started_ms: 0,
+            partial_since_ms: 0,
         });
         self.stats.connections += 1;
         self.stats.accepted += 1;
@@ -334,7 +362,10 @@ impl ShardCore {
             return; // closing: ignore input
         }
         c.last_rx_ms = now.ms as u32;
+        let held = c.pending.as_ref().map_or(0, |b| b.capacity());
         let mut buf = c.pending.take().map(|b| *b).unwrap_or_default();
+        self.inbound_bytes -= held;
+        let was_partial = held > 0;
         buf.extend_from_slice(data);
         while let Some(c) = self.conns[slot as usize].as_mut() {
             if !matches!(c.phase, Phase::AwaitHello | Phase::Active(_)) {
@@ -359,9 +390,66 @@ impl ShardCore {
         if !buf.is_empty() {
             if let Some(c) = self.conns[slot as usize].as_mut() {
                 if matches!(c.phase, Phase::AwaitHello | Phase::Active(_)) {
+                    // The deadline runs from the first byte of this partial frame: a client
+                    // that completes frames keeps its clock fresh, a dripping one does not.
+                    if !was_partial || buf.len() <= data.len() {
+                        c.partial_since_ms = now.ms as u32;
+                    }
+                    if buf.capacity() > 2 * buf.len() + 4096 {
+                        // Do not keep a large buffer around for a small tail.
+                        buf = BytesMut::from(&buf[..]);
+                    }
+                    self.inbound_bytes += buf.capacity();
                     c.pending = Some(Box::new(buf));
+                    self.enforce_inbound_cap(now);
                 }
             }
+        }
+    }
+
+    /// Over the shard's cap on partial frames, close the connections holding the largest ones
+    /// until back under it. Only a flood of partial frames gets here, so the scan is rare.
+    fn enforce_inbound_cap(&mut self, now: Now) {
+        while self.inbound_bytes > self.cfg.shard_inbound_cap {
+            let Some((_, slot)) = self
+                .conns
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| {
+                    let held = c.as_ref()?.pending.as_ref()?.capacity();
+                    Some((held, i as u32))
+                })
+                .max()
+            else {
+                return;
+            };
+            self.stats.inbound_cap_closes += 1;
+            self.fail(
+                slot,
+                ErrorCode::ServerBusy,
+                "server memory cap for partial frames reached",
+                now,
+            );
+        }
+    }
+
+    /// Drops a connection's partial frame (it is ending).
+    fn drop_pending(&mut self, slot: u32) {
+        if let Some(p) = self
+            .conns
+            .get_mut(slot as usize)
+            .and_then(|c| c.as_mut())
+            .and_then(|c| c.pending.take())
+        {
+            self.inbound_bytes -= p.capacity();
+        }
+    }
+
+    /// Ends every subscription of `slot`, releasing its topics in the registry (a placeholder
+    /// topic goes with its last subscriber).
+    fn drop_subscriptions(&mut self, slot: u32) {
+        for s in self.index.remove_conn(slot) {
+            self.registry.release(s.topic);
         }
     }
 
@@ -420,10 +508,11 @@ impl ShardCore {
 
     /// The driver finished closing `slot`: forget it.
     pub fn remove(&mut self, slot: u32) {
+        self.drop_pending(slot);
+        self.drop_subscriptions(slot);
         if let Some(c) = self.conns.get_mut(slot as usize).and_then(|c| c.take()) {
             self.total_outbox -= c.outbox.bytes();
-            self.index.remove_conn(slot);
-            self.relays.retain(|r| r.slot != slot);
+            self.drop_relay_link(slot);
             self.stats.connections -= 1;
         }
     }
@@ -545,7 +634,7 @@ impl ShardCore {
             let Some(t) = self.registry.get(msg.topic) else {
                 return true;
             };
-            if !self.push_relay(slot, topic_frame(&t)) {
+            if !self.push_relay(slot, t.topic_frame.clone()) {
                 return false;
             }
         }
@@ -570,7 +659,7 @@ impl ShardCore {
             .map(|r| r.slot)
             .collect();
         for slot in stale {
-            self.relays.retain(|r| r.slot != slot);
+            self.drop_relay_link(slot);
             self.go_away(
                 slot,
                 ErrorCode::Resync,
@@ -578,6 +667,14 @@ impl ShardCore {
                 "epoch changed: resynchronise",
                 now,
             );
+        }
+    }
+
+    /// Forgets the relay link of `slot`, if it is one, and frees its place under `max_relays`.
+    fn drop_relay_link(&mut self, slot: u32) {
+        if let Some(i) = self.relays.iter().position(|r| r.slot == slot) {
+            self.relays.swap_remove(i);
+            self.registry.remove_relay();
         }
     }
 
@@ -608,9 +705,9 @@ impl ShardCore {
         let mut frames = Vec::new();
         let topics = self.registry.all();
         for t in &topics {
-            let start = self.registry.start_subscription(t, None);
+            let start = self.registry.start_subscription(t, None, usize::MAX);
             sent.insert(t.id, start.seq);
-            frames.push(topic_frame(t));
+            frames.push(t.topic_frame.clone());
             frames.extend(start.frames);
         }
         frames.push(
@@ -659,6 +756,17 @@ impl ShardCore {
             if c.sending && since(now.ms, c.send_started_ms) >= self.cfg.write_timeout_ms {
                 self.stats.write_timeouts += 1;
                 self.abort(slot);
+                continue;
+            }
+            if c.pending.is_some() && since(now.ms, c.partial_since_ms) >= self.cfg.frame_timeout_ms
+            {
+                self.stats.frame_timeouts += 1;
+                self.fail(
+                    slot,
+                    ErrorCode::FrameTimeout,
+                    "a frame did not complete within the frame timeout",
+                    now,
+                );
                 continue;
             }
             if c.phase == Phase::AwaitHello {
@@ -723,7 +831,8 @@ impl ShardCore {
         })
         .to_bytes()
         .expect("goaway encodes");
-        self.index.remove_conn(slot);
+        self.drop_subscriptions(slot);
+        self.drop_pending(slot);
         let Some(c) = self.conns.get_mut(slot as usize).and_then(|c| c.as_mut()) else {
             return;
         };
@@ -777,7 +886,7 @@ impl ShardCore {
                     now,
                 ),
             (Some(Phase::Active(_)), Frame::Subscribe(s)) => self.on_subscribe(slot, s, now),
-            (Some(Phase::Active(_)), Frame::Unsubscribe(u)) => self.on_unsubscribe(slot, u),
+            (Some(Phase::Active(_)), Frame::Unsubscribe(u)) => self.on_unsubscribe(slot, u, now),
             (Some(Phase::Active(_)), Frame::Ping { nonce }) => {
                 let f = Frame::Pong { nonce }.to_bytes().expect("pong encodes");
                 self.push_control(slot, f);
@@ -803,24 +912,45 @@ impl ShardCore {
         if h.role == Role::Publisher {
             match &self.cfg.publisher_key {
                 None => {
+                    self.stats.auth_refused += 1;
                     return self.fail(
                         slot,
                         ErrorCode::AuthFailed,
                         "this server accepts no publishers (no publisher key set)",
                         now,
-                    )
+                    );
                 }
                 Some(k) if !constant_time_eq(k.as_bytes(), h.token.as_bytes()) => {
-                    return self.fail(slot, ErrorCode::AuthFailed, "wrong publisher key", now)
+                    self.stats.auth_refused += 1;
+                    return self.fail(slot, ErrorCode::AuthFailed, "wrong publisher key", now);
                 }
                 Some(_) => {}
             }
         }
         if h.role == Role::Relay {
-            if let Some(k) = &self.cfg.relay_key {
-                if !constant_time_eq(k.as_bytes(), h.token.as_bytes()) {
-                    return self.fail(slot, ErrorCode::AuthFailed, "wrong relay key", now);
+            // Secure by default: a relay session costs a snapshot of every topic, so it needs
+            // the relay key unless the operator opted out (--allow-anonymous-relays).
+            let refused = match &self.cfg.relay_key {
+                Some(k) if !constant_time_eq(k.as_bytes(), h.token.as_bytes()) => {
+                    Some("wrong relay key")
                 }
+                None if !self.cfg.allow_anonymous_relays => {
+                    Some("this server accepts no relays (no --relay-key set)")
+                }
+                _ => None,
+            };
+            if let Some(why) = refused {
+                self.stats.auth_refused += 1;
+                return self.fail(slot, ErrorCode::AuthFailed, why, now);
+            }
+            if !self.registry.try_add_relay(self.cfg.max_relays) {
+                self.stats.auth_refused += 1;
+                return self.fail(
+                    slot,
+                    ErrorCode::ServerFull,
+                    "relay connection limit reached (--max-relays)",
+                    now,
+                );
             }
         }
         let session_id = self.registry.next_session_id();
@@ -846,6 +976,21 @@ impl ShardCore {
     }
 
     fn on_subscribe(&mut self, slot: u32, s: yorker_wire::Subscribe, now: Now) {
+        if s.entries.len() > self.cfg.max_subscriptions as usize {
+            // Bounds the reply too: a SUBACK for max_subscriptions entries fits a frame.
+            return self.fail(
+                slot,
+                ErrorCode::TooManyEntries,
+                "more entries than max_subscriptions",
+                now,
+            );
+        }
+        // What the outbox can still take for replays, after the SUBACK itself.
+        let suback_len = 11 + 13 * s.entries.len();
+        let mut budget = self
+            .cfg
+            .outbox_limit
+            .saturating_sub(self.outbox_bytes(slot) + suback_len);
         let mut acks = Vec::with_capacity(s.entries.len());
         let mut frames: Vec<(u32, Bytes)> = Vec::new();
         for e in s.entries {
@@ -854,24 +999,33 @@ impl ShardCore {
                 topic_id,
                 seq,
             };
+            // Every check comes before anything is allocated in the registry, and a refused
+            // entry carries topic id 0.
             if topic::validate(&e.topic).is_err() {
                 acks.push(ack(SubResult::InvalidTopic, 0, 0));
                 continue;
             }
-            let Ok(t) = self.registry.get_or_create(&e.topic) else {
+            if !self.may_subscribe(slot, &e.topic) {
+                acks.push(ack(SubResult::Forbidden, 0, 0));
+                continue;
+            }
+            if let Some(t) = self.registry.lookup(&e.topic) {
+                if let Some(sub) = self.index.get_mut(slot, t.id) {
+                    let seq = sub.last_seq;
+                    acks.push(ack(SubResult::AlreadySubscribed, t.id, seq));
+                    continue;
+                }
+            }
+            if self.index.of_conn(slot).len() >= self.cfg.max_subscriptions as usize {
+                acks.push(ack(SubResult::LimitReached, 0, 0));
+                continue;
+            }
+            let Ok(t) = self.registry.acquire(&e.topic) else {
                 acks.push(ack(SubResult::LimitReached, 0, 0));
                 continue;
             };
-            if let Some(sub) = self.index.get_mut(slot, t.id) {
-                let seq = sub.last_seq;
-                acks.push(ack(SubResult::AlreadySubscribed, t.id, seq));
-                continue;
-            }
-            if self.index.of_conn(slot).len() >= self.cfg.max_subscriptions as usize {
-                acks.push(ack(SubResult::LimitReached, t.id, 0));
-                continue;
-            }
-            let start = self.registry.start_subscription(&t, e.resume);
+            let start = self.registry.start_subscription(&t, e.resume, budget);
+            budget = budget.saturating_sub(start.frames.iter().map(|f| f.len()).sum());
             self.index.add(slot, t.id, e.conflate, start.seq);
             acks.push(ack(start.result, t.id, start.seq));
             frames.extend(start.frames.into_iter().map(|f| (t.id, f)));
@@ -880,10 +1034,10 @@ impl ShardCore {
             request_id: s.request_id,
             entries: acks,
         });
-        match suback.to_bytes() {
-            Ok(f) => self.push_control(slot, f),
-            Err(_) => return self.fail(slot, ErrorCode::MalformedFrame, "too many entries", now),
-        }
+        let f = suback
+            .to_bytes()
+            .expect("at most max_subscriptions entries");
+        self.push_control(slot, f);
         // Snapshots and replays go in the urgent lane right behind the SUBACK, so that a later
         // urgent live update cannot overtake them; they are never conflated.
         for (topic, frame) in frames {
@@ -899,11 +1053,12 @@ impl ShardCore {
                 conflatable: false,
             };
             if c.outbox.push_urgent(e, limit).0 == Pushed::Overflow {
+                // Replays were sized to fit; only snapshots of many large values can get here.
                 self.stats.slow_disconnects += 1;
                 return self.fail(
                     slot,
                     ErrorCode::SlowConsumer,
-                    "replay exceeds the outbox limit",
+                    "snapshots exceed the outbox limit",
                     now,
                 );
             }
@@ -913,11 +1068,20 @@ impl ShardCore {
         self.mark_ready(slot);
     }
 
-    fn on_unsubscribe(&mut self, slot: u32, u: yorker_wire::Unsubscribe) {
+    fn on_unsubscribe(&mut self, slot: u32, u: yorker_wire::Unsubscribe, now: Now) {
+        if u.topic_ids.len() > self.cfg.max_subscriptions as usize {
+            return self.fail(
+                slot,
+                ErrorCode::TooManyEntries,
+                "more entries than max_subscriptions",
+                now,
+            );
+        }
         let mut acks = Vec::with_capacity(u.topic_ids.len());
         for id in u.topic_ids {
             let seq = self.index.get_mut(slot, id).map(|s| s.last_seq);
             let result = if self.index.remove(slot, id) {
+                self.registry.release(id);
                 // Nothing of this topic may follow the SUBACK.
                 let c = self.conns[slot as usize].as_mut().expect("open");
                 self.total_outbox -= c.outbox.remove_topic(id);
@@ -938,6 +1102,12 @@ impl ShardCore {
         .to_bytes()
         .expect("at most as many entries as the request");
         self.push_control(slot, f);
+    }
+
+    /// May `slot` subscribe to `topic`? Topics under `user/` are private to their user: an
+    /// anonymous session may never subscribe to them.
+    fn may_subscribe(&self, _slot: u32, topic: &str) -> bool {
+        !super::auth::is_private(topic)
     }
 
     fn on_publish(&mut self, slot: u32, role: Role, p: yorker_wire::Publish, now: Now) {
@@ -1027,7 +1197,8 @@ impl ShardCore {
             deadline_ms: now.ms + self.cfg.drain_ms,
         };
         self.stats.errors_sent += 1;
-        self.index.remove_conn(slot);
+        self.drop_subscriptions(slot);
+        self.drop_pending(slot);
         self.mark_ready(slot);
         self.close_if_flushed(slot);
     }
@@ -1052,7 +1223,8 @@ impl ShardCore {
         self.total_outbox -= c.outbox.clear();
         c.phase = Phase::Closed;
         let abort = c.sending;
-        self.index.remove_conn(slot);
+        self.drop_subscriptions(slot);
+        self.drop_pending(slot);
         self.closing.push(CloseOrder { slot, abort });
     }
 
@@ -1084,15 +1256,6 @@ impl ShardCore {
             );
         }
     }
-}
-
-fn topic_frame(t: &super::topic::Topic) -> Bytes {
-    Frame::Topic {
-        topic_id: t.id,
-        name: t.name.to_string(),
-    }
-    .to_bytes()
-    .expect("topic names fit a str8")
 }
 
 /// Compares secrets without an early exit that would leak their common prefix length.

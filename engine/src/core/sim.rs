@@ -319,7 +319,8 @@ fn run(seed: u64, policy: SlowPolicy) -> (u64, u64) {
     let registry_seq = |w: &World, id: u32| {
         // The latest seq of a topic, as the registry knows it.
         let reg = &w.shards[0].registry;
-        reg.start_subscription(&reg.get(id).unwrap(), None).seq
+        reg.start_subscription(&reg.get(id).unwrap(), None, usize::MAX)
+            .seq
     };
     let mut gaps = 0;
     let mut live = 0;

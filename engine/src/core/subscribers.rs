@@ -99,16 +99,17 @@ impl SubIndex {
         true
     }
 
-    /// Removes every subscription of `slot`.
-    pub fn remove_conn(&mut self, slot: u32) {
+    /// Removes every subscription of `slot` and returns them (the caller releases the topics).
+    pub fn remove_conn(&mut self, slot: u32) -> Vec<Sub> {
         let Some(subs) = self.by_conn.get_mut(slot as usize) else {
-            return;
+            return Vec::new();
         };
         let subs = std::mem::take(subs);
         self.total -= subs.len();
-        for s in subs {
+        for s in &subs {
             self.unlink(s.topic, s.pos as usize);
         }
+        subs
     }
 
     /// Swap-removes position `pos` of `topic`'s list and fixes the moved connection's position.

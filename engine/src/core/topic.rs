@@ -5,11 +5,11 @@
 //! while that lock is held, so every shard sees a topic's updates in sequence order.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
-use yorker_wire::{encode_update, update_flags, ResumeFrom, SubResult, UPDATE_HEADER_LEN};
+use yorker_wire::{encode_update, update_flags, Frame, ResumeFrom, SubResult, UPDATE_HEADER_LEN};
 
 /// An update as it travels from the publishing shard to every shard.
 #[derive(Debug, Clone)]
@@ -42,6 +42,35 @@ pub enum Applied {
 #[error("the topic registry holds its maximum of {0} topics")]
 pub struct TopicLimit(pub usize);
 
+/// How the registry's memory is bounded (see docs/OPERATIONS.md, "Limits and memory").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistryLimits {
+    /// Updates kept per topic for resume.
+    pub history_depth: usize,
+    /// Bytes of history kept per topic (the newest update is always kept: it is the value).
+    pub history_bytes: usize,
+    /// Bytes of history kept over all topics, the newest update of each excluded. Beyond it a
+    /// topic being published keeps only its newest update (its resumes become RESETs).
+    pub max_history_bytes: usize,
+    /// Topics created by publishers (or relays) at most.
+    pub max_topics: usize,
+    /// Topics that exist only because somebody subscribed before the first publish, at most.
+    /// Such a placeholder has no value and is freed with its last subscriber.
+    pub max_placeholders: usize,
+}
+
+impl Default for RegistryLimits {
+    fn default() -> Self {
+        RegistryLimits {
+            history_depth: 64,
+            history_bytes: 128 * 1024,
+            max_history_bytes: 256 * 1024 * 1024,
+            max_topics: 100_000,
+            max_placeholders: 100_000,
+        }
+    }
+}
+
 /// How a subscription starts: the SUBACK result and the frames that follow it.
 #[derive(Debug, Clone)]
 pub struct SubStart {
@@ -63,8 +92,11 @@ struct Last {
 struct TopicState {
     seq: u64,
     last: Option<Last>,
-    /// (seq, live frame), oldest first, at most `history_depth`.
+    /// (seq, live frame), oldest first, at most `history_depth` entries and `history_bytes`
+    /// bytes (the newest entry always stays: it shares its bytes with the latest value).
     history: VecDeque<(u64, Bytes)>,
+    /// Bytes of `history`.
+    history_len: usize,
     snapshot: Option<Bytes>,
     snapshot_reset: Option<Bytes>,
     /// Relays only: the origin's epoch changed and this topic has not been resynchronised yet;
@@ -75,39 +107,115 @@ struct TopicState {
 /// One topic.
 #[derive(Debug)]
 pub struct Topic {
-    /// Compact id used on the wire (from 1).
+    /// Compact id used on the wire (from 1). Ids of freed placeholders are reused.
     pub id: u32,
     /// Its name.
     pub name: Arc<str>,
+    /// Its TOPIC frame (for relay links), encoded once.
+    pub topic_frame: Bytes,
     state: Mutex<TopicState>,
+}
+
+/// Lifecycle of one topic id, kept under the index lock.
+#[derive(Debug, Clone, Copy, Default)]
+struct Life {
+    /// Created (or touched) by a publisher or a relay feed: lives for the epoch.
+    permanent: bool,
+    /// Subscriptions over all shards.
+    subscribers: u32,
+}
+
+/// Names, free ids and lifecycles: everything that creates or frees a topic, under one lock.
+#[derive(Debug, Default)]
+struct Index {
+    names: HashMap<Arc<str>, u32>,
+    /// By id (index 0 unused).
+    life: Vec<Life>,
+    free: Vec<u32>,
+    permanent: usize,
+    placeholders: usize,
 }
 
 /// Every topic of the server epoch.
 #[derive(Debug)]
 pub struct Registry {
     epoch: AtomicU64,
-    history_depth: usize,
-    max_topics: usize,
-    names: Mutex<HashMap<Arc<str>, u32>>,
-    topics: RwLock<Vec<Arc<Topic>>>,
+    limits: RegistryLimits,
+    index: Mutex<Index>,
+    /// By id - 1; `None` for a freed id.
+    topics: RwLock<Vec<Option<Arc<Topic>>>>,
+    /// History bytes over all topics, newest entry of each excluded.
+    history_total: AtomicUsize,
     frames_encoded: AtomicU64,
     next_session: AtomicU64,
     feed_seq: AtomicU64,
+    /// Relay sessions over all shards.
+    relay_sessions: AtomicUsize,
 }
 
 impl Registry {
-    /// An empty registry for `epoch`.
+    /// An empty registry for `epoch`, with default limits except `history_depth` and
+    /// `max_topics` (tests, benches).
     pub fn new(epoch: u64, history_depth: usize, max_topics: usize) -> Self {
+        Registry::with_limits(
+            epoch,
+            RegistryLimits {
+                history_depth,
+                max_topics,
+                max_placeholders: max_topics,
+                ..RegistryLimits::default()
+            },
+        )
+    }
+
+    /// An empty registry for `epoch`.
+    pub fn with_limits(epoch: u64, limits: RegistryLimits) -> Self {
         Registry {
             epoch: AtomicU64::new(epoch),
-            history_depth,
-            max_topics,
-            names: Mutex::new(HashMap::new()),
+            limits,
+            index: Mutex::new(Index::default()),
             topics: RwLock::new(Vec::new()),
+            history_total: AtomicUsize::new(0),
             frames_encoded: AtomicU64::new(0),
             next_session: AtomicU64::new(1),
             feed_seq: AtomicU64::new(0),
+            relay_sessions: AtomicUsize::new(0),
         }
+    }
+
+    /// Counts one more relay session, unless `max` are open already.
+    pub fn try_add_relay(&self, max: usize) -> bool {
+        self.relay_sessions
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// A relay session ended.
+    pub fn remove_relay(&self) {
+        let _ = self
+            .relay_sessions
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &RegistryLimits {
+        &self.limits
+    }
+
+    /// History bytes held over all topics (the newest update of each excluded).
+    pub fn history_bytes(&self) -> usize {
+        self.history_total.load(Ordering::Relaxed)
+    }
+
+    /// Topics that exist only as placeholders (subscribed, never published).
+    pub fn placeholders(&self) -> usize {
+        self.lock_index().placeholders
+    }
+
+    fn lock_index(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The server epoch.
@@ -122,9 +230,9 @@ impl Registry {
         if self.epoch.swap(epoch, Ordering::AcqRel) == epoch {
             return false;
         }
-        for t in self.all() {
+        for t in self.live() {
             let mut st = t.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.history.clear();
+            self.clear_history(&mut st);
             st.stale = true;
         }
         true
@@ -136,9 +244,10 @@ impl Registry {
         self.frames_encoded.load(Ordering::Relaxed)
     }
 
-    /// Number of topics.
+    /// Number of topics (placeholders included).
     pub fn len(&self) -> usize {
-        self.topics.read().unwrap_or_else(|e| e.into_inner()).len()
+        let ix = self.lock_index();
+        ix.permanent + ix.placeholders
     }
 
     /// True when no topic exists.
@@ -161,40 +270,138 @@ impl Registry {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The topic named `name`, created if needed.
+    /// The topic named `name`, if it exists (creates nothing).
+    pub fn lookup(&self, name: &str) -> Option<Arc<Topic>> {
+        let id = *self.lock_index().names.get(name)?;
+        self.get(id)
+    }
+
+    /// The topic named `name` for a publisher or a relay feed: created if needed (or promoted
+    /// from a placeholder), and kept for the epoch. At most `max_topics` such topics.
     pub fn get_or_create(&self, name: &str) -> Result<Arc<Topic>, TopicLimit> {
-        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(&id) = names.get(name) {
+        let mut ix = self.lock_index();
+        if let Some(&id) = ix.names.get(name) {
+            if !ix.life[id as usize].permanent {
+                if ix.permanent >= self.limits.max_topics {
+                    return Err(TopicLimit(self.limits.max_topics));
+                }
+                ix.life[id as usize].permanent = true;
+                ix.permanent += 1;
+                ix.placeholders -= 1;
+            }
             return Ok(self.get(id).expect("named topics exist"));
         }
-        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
-        if topics.len() >= self.max_topics {
-            return Err(TopicLimit(self.max_topics));
+        if ix.permanent >= self.limits.max_topics {
+            return Err(TopicLimit(self.limits.max_topics));
         }
-        let id = topics.len() as u32 + 1;
+        let t = self.create(&mut ix, name);
+        ix.life[t.id as usize].permanent = true;
+        ix.permanent += 1;
+        Ok(t)
+    }
+
+    /// One more subscription to `name`: the topic, or a placeholder created for it (no value,
+    /// freed again with its last subscriber, see [`Registry::release`]). At most
+    /// `max_placeholders` placeholders exist, so subscribers cannot fill the registry that
+    /// publishers need: the checks come before anything is allocated.
+    pub fn acquire(&self, name: &str) -> Result<Arc<Topic>, TopicLimit> {
+        let mut ix = self.lock_index();
+        let id = match ix.names.get(name) {
+            Some(&id) => id,
+            None => {
+                if ix.placeholders >= self.limits.max_placeholders {
+                    return Err(TopicLimit(self.limits.max_placeholders));
+                }
+                ix.placeholders += 1;
+                self.create(&mut ix, name).id
+            }
+        };
+        ix.life[id as usize].subscribers += 1;
+        Ok(self.get(id).expect("named topics exist"))
+    }
+
+    /// One subscription to topic `id` ended. A placeholder whose last subscriber left is freed
+    /// (its id may be reused: nobody holds it any more).
+    pub fn release(&self, id: u32) {
+        let mut ix = self.lock_index();
+        let Some(life) = ix.life.get_mut(id as usize) else {
+            return;
+        };
+        life.subscribers = life.subscribers.saturating_sub(1);
+        if life.subscribers > 0 || life.permanent {
+            return;
+        }
+        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        let Some(t) = topics.get_mut(id as usize - 1).and_then(|t| t.take()) else {
+            return;
+        };
+        ix.names.remove(&t.name);
+        ix.life[id as usize] = Life::default();
+        ix.free.push(id);
+        ix.placeholders -= 1;
+    }
+
+    /// Subscriptions to topic `id` over all shards.
+    pub fn subscribers(&self, id: u32) -> u32 {
+        self.lock_index()
+            .life
+            .get(id as usize)
+            .map_or(0, |l| l.subscribers)
+    }
+
+    /// A new topic under the index lock (the caller counts it).
+    fn create(&self, ix: &mut Index, name: &str) -> Arc<Topic> {
+        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        let id = ix.free.pop().unwrap_or(topics.len() as u32 + 1);
         let name: Arc<str> = Arc::from(name);
         let t = Arc::new(Topic {
             id,
             name: name.clone(),
+            topic_frame: Frame::Topic {
+                topic_id: id,
+                name: name.to_string(),
+            }
+            .to_bytes()
+            .expect("topic names fit a str8"),
             state: Mutex::new(TopicState::default()),
         });
-        topics.push(t.clone());
-        names.insert(name, id);
-        Ok(t)
+        if id as usize > topics.len() {
+            topics.push(Some(t.clone()));
+        } else {
+            topics[id as usize - 1] = Some(t.clone());
+        }
+        if ix.life.len() <= id as usize {
+            ix.life.resize(id as usize + 1, Life::default());
+        }
+        ix.names.insert(name, id);
+        t
     }
 
     /// The topic with id `id`.
     pub fn get(&self, id: u32) -> Option<Arc<Topic>> {
         let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
-        topics.get((id as usize).checked_sub(1)?).cloned()
+        topics.get((id as usize).checked_sub(1)?)?.clone()
     }
 
-    /// Every topic, in id order.
+    /// Every topic kept for the epoch (created by a publisher or a feed), in id order;
+    /// placeholders are left out.
     pub fn all(&self) -> Vec<Arc<Topic>> {
+        let ix = self.lock_index();
+        self.live()
+            .into_iter()
+            .filter(|t| ix.life[t.id as usize].permanent)
+            .collect()
+    }
+
+    /// Every topic, placeholders included.
+    fn live(&self) -> Vec<Arc<Topic>> {
         self.topics
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .iter()
+            .flatten()
+            .cloned()
+            .collect()
     }
 
     /// Assigns the next sequence number of `topic`, encodes the UPDATE once, records it as the
@@ -240,20 +447,51 @@ impl Registry {
         st.snapshot = None;
         st.snapshot_reset = None;
         if flags & update_flags::SNAPSHOT != 0 {
-            st.history.clear();
+            self.clear_history(st);
         }
-        if self.history_depth > 0 {
-            if st.history.len() == self.history_depth {
-                st.history.pop_front();
-            }
-            st.history.push_back((seq, frame.clone()));
-        }
+        self.push_history(st, seq, frame.clone());
         fanout(UpdateMsg {
             topic: id,
             seq,
             flags,
             frame,
         });
+    }
+
+    /// Appends the newest update to the history and trims it to its bounds: `history_depth`
+    /// entries, `history_bytes` bytes per topic, and `max_history_bytes` over all topics (the
+    /// newest entry of each topic is not counted there: it is the latest value, kept anyway).
+    fn push_history(&self, st: &mut TopicState, seq: u64, frame: Bytes) {
+        let l = &self.limits;
+        if l.history_depth == 0 {
+            return;
+        }
+        if let Some((_, newest)) = st.history.back() {
+            // The previous newest entry now costs history memory of its own.
+            self.history_total
+                .fetch_add(newest.len(), Ordering::Relaxed);
+        }
+        st.history_len += frame.len();
+        st.history.push_back((seq, frame));
+        while st.history.len() > 1
+            && (st.history.len() > l.history_depth
+                || st.history_len > l.history_bytes
+                || self.history_total.load(Ordering::Relaxed) > l.max_history_bytes)
+        {
+            let (_, old) = st.history.pop_front().expect("len > 1");
+            st.history_len -= old.len();
+            self.history_total.fetch_sub(old.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// Empties a topic's history (its numbers restarted, or a snapshot broke continuity).
+    fn clear_history(&self, st: &mut TopicState) {
+        if let Some((_, newest)) = st.history.back() {
+            let extra = st.history_len - newest.len();
+            self.history_total.fetch_sub(extra, Ordering::Relaxed);
+        }
+        st.history.clear();
+        st.history_len = 0;
     }
 
     /// Relays only: applies an update that the origin numbered (`seq`, its timestamp and
@@ -302,8 +540,15 @@ impl Registry {
         topic.state.lock().unwrap_or_else(|e| e.into_inner()).seq
     }
 
-    /// How a new subscription to `topic` starts, given an optional resume point.
-    pub fn start_subscription(&self, topic: &Topic, resume: Option<ResumeFrom>) -> SubStart {
+    /// How a new subscription to `topic` starts, given an optional resume point. A replay
+    /// longer than `replay_budget` bytes (what the connection's outbox can still take) falls
+    /// back to the snapshot, answered `reset`: a resume never costs the client its connection.
+    pub fn start_subscription(
+        &self,
+        topic: &Topic,
+        resume: Option<ResumeFrom>,
+        replay_budget: usize,
+    ) -> SubStart {
         let mut st = topic.state.lock().unwrap_or_else(|e| e.into_inner());
         let cur = st.seq;
         let epoch = self.epoch();
@@ -320,7 +565,16 @@ impl Registry {
             Some(r) => {
                 let first_needed = r.seq + 1;
                 match st.history.front() {
-                    Some(&(oldest, _)) if oldest <= first_needed => {
+                    Some(&(oldest, _))
+                        if oldest <= first_needed
+                            && st
+                                .history
+                                .iter()
+                                .skip((first_needed - oldest) as usize)
+                                .map(|(_, f)| f.len())
+                                .sum::<usize>()
+                                <= replay_budget =>
+                    {
                         let skip = (first_needed - oldest) as usize;
                         return SubStart {
                             result: SubResult::Resumed,
@@ -400,12 +654,12 @@ mod tests {
     fn sequence_and_snapshot() {
         let r = Registry::new(7, 4, 10);
         let t = r.get_or_create("m/1").unwrap();
-        let s = r.start_subscription(&t, None);
+        let s = r.start_subscription(&t, None, usize::MAX);
         assert_eq!((s.result, s.seq, s.frames.len()), (SubResult::Ok, 0, 0));
         publish(&r, &t, b"a");
         let m = publish(&r, &t, b"b");
         assert_eq!(m[0].seq, 2);
-        let s = r.start_subscription(&t, None);
+        let s = r.start_subscription(&t, None, usize::MAX);
         assert_eq!((s.result, s.seq), (SubResult::Ok, 2));
         let u = decode(&s.frames[0]);
         assert_eq!(
@@ -414,7 +668,7 @@ mod tests {
         );
         // Cached: a second subscriber costs no encode.
         let before = r.frames_encoded();
-        r.start_subscription(&t, None);
+        r.start_subscription(&t, None, usize::MAX);
         assert_eq!(r.frames_encoded(), before);
     }
 
@@ -426,16 +680,16 @@ mod tests {
             publish(&r, &t, p);
         }
         // History holds 3,4,5. Resume from 2: replay 3..=5, the original frames.
-        let s = r.start_subscription(&t, Some(ResumeFrom { epoch: 7, seq: 2 }));
+        let s = r.start_subscription(&t, Some(ResumeFrom { epoch: 7, seq: 2 }), usize::MAX);
         assert_eq!(s.result, SubResult::Resumed);
         let seqs: Vec<u64> = s.frames.iter().map(|f| decode(f).seq).collect();
         assert_eq!(seqs, vec![3, 4, 5]);
         assert_eq!(decode(&s.frames[0]).flags, 0);
         // Up to date: nothing follows.
-        let s = r.start_subscription(&t, Some(ResumeFrom { epoch: 7, seq: 5 }));
+        let s = r.start_subscription(&t, Some(ResumeFrom { epoch: 7, seq: 5 }), usize::MAX);
         assert_eq!((s.result, s.frames.len()), (SubResult::Resumed, 0));
         // Too old: reset snapshot.
-        let s = r.start_subscription(&t, Some(ResumeFrom { epoch: 7, seq: 1 }));
+        let s = r.start_subscription(&t, Some(ResumeFrom { epoch: 7, seq: 1 }), usize::MAX);
         assert_eq!(s.result, SubResult::Reset);
         let u = decode(&s.frames[0]);
         assert_eq!(
@@ -443,7 +697,7 @@ mod tests {
             (5, update_flags::SNAPSHOT | update_flags::RESET)
         );
         // From the future of this epoch: reset.
-        let s = r.start_subscription(&t, Some(ResumeFrom { epoch: 7, seq: 9 }));
+        let s = r.start_subscription(&t, Some(ResumeFrom { epoch: 7, seq: 9 }), usize::MAX);
         assert_eq!(s.result, SubResult::Reset);
     }
 
@@ -456,7 +710,7 @@ mod tests {
         let new = Registry::new(2, 8, 10);
         let t2 = new.get_or_create("m").unwrap();
         publish(&new, &t2, b"y");
-        let s = new.start_subscription(&t2, Some(ResumeFrom { epoch: 1, seq: 1 }));
+        let s = new.start_subscription(&t2, Some(ResumeFrom { epoch: 1, seq: 1 }), usize::MAX);
         assert_eq!(s.result, SubResult::Reset);
         assert_eq!(&decode(&s.frames[0]).payload[..], b"y");
     }
@@ -508,15 +762,15 @@ mod tests {
             m.unwrap().flags,
             update_flags::SNAPSHOT | update_flags::RESET
         );
-        let s = r.start_subscription(&t, Some(ResumeFrom { epoch: 77, seq: 11 }));
+        let s = r.start_subscription(&t, Some(ResumeFrom { epoch: 77, seq: 11 }), usize::MAX);
         assert_eq!(s.result, SubResult::Reset);
         apply(&r, &t, upd(16, 0, b"w"));
-        let s = r.start_subscription(&t, Some(ResumeFrom { epoch: 77, seq: 15 }));
+        let s = r.start_subscription(&t, Some(ResumeFrom { epoch: 77, seq: 15 }), usize::MAX);
         assert_eq!((s.result, s.frames.len()), (SubResult::Resumed, 1));
         // The origin restarted: numbers restart low, and the first one resets every client.
         assert!(r.adopt_epoch(78));
         assert!(!r.adopt_epoch(78));
-        let s = r.start_subscription(&t, Some(ResumeFrom { epoch: 78, seq: 16 }));
+        let s = r.start_subscription(&t, Some(ResumeFrom { epoch: 78, seq: 16 }), usize::MAX);
         assert_eq!(s.result, SubResult::Reset, "stale until resynchronised");
         let (a, m) = apply(&r, &t, upd(1, 0, b"new"));
         assert_eq!((a, m.unwrap().seq), (Applied::Reset, 1));
@@ -532,5 +786,76 @@ mod tests {
         assert_eq!(r.get_or_create("c").unwrap_err(), TopicLimit(2));
         assert_eq!(r.get(2).unwrap().name.as_ref(), "b");
         assert!(r.get(0).is_none() && r.get(3).is_none());
+    }
+
+    #[test]
+    fn placeholders_are_freed_with_their_last_subscriber_and_never_crowd_out_publishers() {
+        let r = Registry::with_limits(
+            1,
+            RegistryLimits {
+                max_topics: 2,
+                max_placeholders: 3,
+                ..RegistryLimits::default()
+            },
+        );
+        // Subscribers create placeholders up to their own cap, and no further.
+        let a = r.acquire("a").unwrap();
+        let b = r.acquire("b").unwrap();
+        r.acquire("c").unwrap();
+        assert_eq!(r.acquire("d").unwrap_err(), TopicLimit(3));
+        assert_eq!((r.len(), r.placeholders()), (3, 3));
+        // A second subscriber of "a" shares it.
+        assert_eq!(r.acquire("a").unwrap().id, a.id);
+        assert_eq!(r.subscribers(a.id), 2);
+        // Publishers still have their whole budget; publishing promotes a placeholder.
+        assert_eq!(r.get_or_create("b").unwrap().id, b.id);
+        r.get_or_create("p").unwrap();
+        assert_eq!(r.get_or_create("q").unwrap_err(), TopicLimit(2));
+        assert_eq!(r.all().len(), 2, "placeholders are not listed for relays");
+        // The last subscriber leaving frees a placeholder (not a published topic).
+        r.release(b.id);
+        assert!(r.get(b.id).is_some());
+        r.release(a.id);
+        assert!(r.lookup("a").is_some());
+        r.release(a.id);
+        assert!(r.lookup("a").is_none() && r.get(a.id).is_none());
+        // Its id is reused.
+        assert_eq!(r.acquire("e").unwrap().id, a.id);
+        assert_eq!(r.placeholders(), 2);
+    }
+
+    #[test]
+    fn history_is_bounded_in_bytes_per_topic_and_over_all_topics() {
+        let frame_len = UPDATE_HEADER_LEN + 100;
+        let r = Registry::with_limits(
+            1,
+            RegistryLimits {
+                history_depth: 64,
+                history_bytes: 10 * frame_len,
+                max_history_bytes: 12 * frame_len,
+                ..RegistryLimits::default()
+            },
+        );
+        let t1 = r.get_or_create("one").unwrap();
+        for _ in 0..30 {
+            publish(&r, &t1, &[1; 100]);
+        }
+        // 10 frames per topic: 9 of them count as history beyond the latest value.
+        assert_eq!(r.history_bytes(), 9 * frame_len);
+        let s = r.start_subscription(&t1, Some(ResumeFrom { epoch: 1, seq: 21 }), usize::MAX);
+        assert_eq!((s.result, s.frames.len()), (SubResult::Resumed, 9));
+        let t2 = r.get_or_create("two").unwrap();
+        for _ in 0..30 {
+            publish(&r, &t2, &[2; 100]);
+        }
+        // The global cap holds: the second topic could only keep a few entries.
+        assert!(r.history_bytes() <= 12 * frame_len + frame_len);
+        // A replay that does not fit the caller's budget falls back to a snapshot.
+        let s = r.start_subscription(&t1, Some(ResumeFrom { epoch: 1, seq: 21 }), 5 * frame_len);
+        assert_eq!((s.result, s.frames.len()), (SubResult::Reset, 1));
+        assert_eq!(
+            decode(&s.frames[0]).flags,
+            update_flags::SNAPSHOT | update_flags::RESET
+        );
     }
 }

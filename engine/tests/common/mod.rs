@@ -10,6 +10,7 @@ use yorker_engine::{Server, ServerConfig};
 use yorker_wire::*;
 
 pub const KEY: &str = "test-key";
+pub const RELAY_KEY: &str = "test-relay-key";
 
 pub fn config(cores: usize) -> ServerConfig {
     let mut c = ServerConfig {
@@ -18,6 +19,7 @@ pub fn config(cores: usize) -> ServerConfig {
         ..ServerConfig::default()
     };
     c.core.publisher_key = Some(KEY.into());
+    c.core.relay_key = Some(RELAY_KEY.into());
     c.core.max_connections = 2000;
     c.recv_buffers = 256;
     c.sq_entries = 256;
@@ -102,10 +104,10 @@ impl Client {
             version: 1,
             role,
             client_name: "test".into(),
-            token: if role == Role::Publisher {
-                KEY.into()
-            } else {
-                String::new()
+            token: match role {
+                Role::Publisher => KEY.into(),
+                Role::Relay => RELAY_KEY.into(),
+                _ => String::new(),
             },
         }));
         match self.next(timeout) {
