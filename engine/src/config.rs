@@ -433,6 +433,9 @@ impl ServeArgs {
                 eprintln!("yorker: --max-frame {max_frame} lowered to {fits} so that every update fits one feed datagram");
                 max_frame = fits;
             }
+            if self.relay_key.is_none() && !self.allow_anonymous_relays {
+                return Err("--multicast-out needs --relay-key: relays sign their NAKs with it, and an origin answers no unsigned NAK (or give --allow-anonymous-relays)".into());
+            }
             Some(MulticastOut {
                 groups: self.multicast_out.clone(),
                 interface,
@@ -442,6 +445,7 @@ impl ServeArgs {
                 heartbeat_ms: self.multicast_heartbeat_ms,
                 retransmit_ms: self.retransmit_ms,
                 retransmit_bytes: self.retransmit_bytes,
+                nak_key: self.relay_key.clone().map(String::into_bytes),
             })
         };
         Ok(ServerConfig {

@@ -315,6 +315,94 @@ fn tcp_relays_chain_and_clients_move_between_them() {
     }
 }
 
+/// Issue 11, item 3: one forged 34-byte NAK used to make an origin multicast up to 1,024
+/// datagrams again. NAKs must carry the relay key's tag and a fresh send time, and each source
+/// is rate-limited. (Run on the host: the feed's multicast sends go nowhere here, the
+/// retransmit ring and the NAK port work all the same.)
+#[test]
+fn naks_need_the_relay_key_and_are_rate_limited() {
+    use std::sync::atomic::Ordering::Relaxed;
+    use yorker_engine::relay::MulticastOut;
+    use yorker_wire::feed::{sign_nak, FeedHeader, Kind};
+    let mut cfg = config(1);
+    cfg.multicast = Some(MulticastOut {
+        groups: vec!["239.7.7.8:9111".parse().unwrap()],
+        interface: "127.0.0.1".parse().unwrap(),
+        ttl: 0,
+        channel: 0,
+        max_datagram: 1472,
+        heartbeat_ms: 1000,
+        retransmit_ms: 60_000,
+        retransmit_bytes: 64 << 20,
+        nak_key: Some(RELAY_KEY.as_bytes().to_vec()),
+    });
+    let server = start(cfg);
+    let addr = server.local_addr();
+    let stats = server.feed_stats().clone();
+    let mut p = Client::connect(addr, Role::Publisher);
+    for i in 0..50u32 {
+        p.publish("m", 0, &i.to_be_bytes());
+        // One datagram each: the feed thread flushes whatever is queued when it wakes.
+        wait_for(Duration::from_secs(5), "datagram sent", || {
+            server.registry().feed_seq() > i as u64
+        });
+    }
+    let epoch = server.registry().epoch();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as u64
+    };
+    let nak = |send_time_us, count| FeedHeader {
+        kind: Kind::Nak,
+        flags: 0,
+        channel: 0,
+        epoch,
+        seq: 1,
+        send_time_us,
+        count,
+    };
+    // Unsigned, wrongly signed, and stale NAKs: nothing is retransmitted.
+    udp.send_to(&nak(now(), 50).to_bytes(), addr).unwrap();
+    udp.send_to(&sign_nak(&nak(now(), 50), b"guess"), addr)
+        .unwrap();
+    udp.send_to(
+        &sign_nak(&nak(now() - 60_000_000, 50), RELAY_KEY.as_bytes()),
+        addr,
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(5), "three NAKs refused", || {
+        stats.naks_refused.load(Relaxed) == 3
+    });
+    assert_eq!(stats.retransmits.load(Relaxed), 0);
+    // A signed, fresh NAK is answered.
+    udp.send_to(&sign_nak(&nak(now(), 50), RELAY_KEY.as_bytes()), addr)
+        .unwrap();
+    wait_for(Duration::from_secs(5), "50 retransmits", || {
+        stats.retransmits.load(Relaxed) == 50
+    });
+    // A flood of valid NAKs, each for 1,024 datagrams, from one source stops at its budget
+    // (bursts of 10,000 datagrams, 5,000 a second).
+    for _ in 0..400 {
+        std::thread::sleep(Duration::from_millis(21)); // past the 20 ms duplicate linger
+        udp.send_to(&sign_nak(&nak(now(), 1024), RELAY_KEY.as_bytes()), addr)
+            .unwrap();
+        if stats.naks_refused.load(Relaxed) > 3 {
+            break;
+        }
+    }
+    assert!(
+        stats.naks_refused.load(Relaxed) > 3,
+        "the source was never limited"
+    );
+    assert!(stats.retransmits.load(Relaxed) <= 50 * 20);
+    // The origin still serves its clients.
+    let mut c = Client::connect(addr, Role::Subscriber);
+    assert_eq!(c.subscribe("m", true).seq, 50);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Processes in a network namespace of their own
 // ---------------------------------------------------------------------------------------------

@@ -7,9 +7,15 @@
 //! (relay -> origin) asks for `count` datagrams from `seq`; UNAVAILABLE (origin -> relay)
 //! answers a NAK the retransmit ring can no longer serve.
 //!
+//! A NAK carries an HMAC-SHA256 tag (truncated to 16 bytes) over its header, keyed with the
+//! relay key, and the relay's clock in `send_time`: an origin answers only NAKs from holders of
+//! the key, sent recently (see [`sign_nak`], [`verify_nak`]).
+//!
 //! Sans-IO like the rest of the crate: bytes in, values out, never a panic on bad input.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 use crate::codec::decode_body;
 use crate::frame::{frame_type, Update, LENGTH_PREFIX};
@@ -156,6 +162,69 @@ impl FeedHeader {
     }
 }
 
+/// Bytes of the authentication tag after a NAK's header.
+pub const NAK_TAG_LEN: usize = 16;
+
+fn nak_mac(key: &[u8], header: &[u8]) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(header);
+    mac
+}
+
+/// A NAK datagram: the header, then HMAC-SHA256(key, header) truncated to 16 bytes.
+pub fn sign_nak(header: &FeedHeader, key: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(FEED_HEADER_LEN + NAK_TAG_LEN);
+    header.encode(&mut b);
+    let tag = nak_mac(key, &b).finalize().into_bytes();
+    b.put_slice(&tag[..NAK_TAG_LEN]);
+    b.freeze()
+}
+
+/// Why a NAK was not answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NakError {
+    /// Not a NAK datagram at all.
+    #[error("not a NAK: {0}")]
+    Malformed(#[from] FeedError),
+    /// The datagram is another kind.
+    #[error("a {0:?} datagram where a NAK was expected")]
+    NotNak(Kind),
+    /// No tag, or a tag that does not match the key.
+    #[error("NAK tag missing or wrong")]
+    BadTag,
+    /// Its send time is too far from ours (a replayed or forged NAK).
+    #[error("NAK sent {0} ms away from our clock")]
+    Stale(u64),
+}
+
+/// Checks a NAK: a valid header of kind NAK, a tag made with `key` (when the origin has one),
+/// and a send time within `window_us` of `now_us`.
+pub fn verify_nak(
+    d: &[u8],
+    key: Option<&[u8]>,
+    now_us: u64,
+    window_us: u64,
+) -> Result<FeedHeader, NakError> {
+    let h = FeedHeader::decode(d)?;
+    if h.kind != Kind::Nak {
+        return Err(NakError::NotNak(h.kind));
+    }
+    let Some(key) = key else {
+        return Ok(h);
+    };
+    if d.len() != FEED_HEADER_LEN + NAK_TAG_LEN {
+        return Err(NakError::BadTag);
+    }
+    nak_mac(key, &d[..FEED_HEADER_LEN])
+        .verify_truncated_left(&d[FEED_HEADER_LEN..])
+        .map_err(|_| NakError::BadTag)?;
+    let skew = now_us.abs_diff(h.send_time_us);
+    if skew > window_us {
+        return Err(NakError::Stale(skew / 1000));
+    }
+    Ok(h)
+}
+
 /// Bytes one message takes in a DATA datagram.
 pub fn message_len(topic: &str, frame: &[u8]) -> usize {
     1 + topic.len() + frame.len()
@@ -273,6 +342,39 @@ mod tests {
             message_len("m", &f2) + message_len("match/1", &f1) + 34,
             d.len()
         );
+    }
+
+    #[test]
+    fn naks_are_signed_and_checked() {
+        let mut h = header(Kind::Nak, 3);
+        h.send_time_us = 1_000_000;
+        let d = sign_nak(&h, b"k");
+        assert_eq!(d.len(), FEED_HEADER_LEN + NAK_TAG_LEN);
+        assert_eq!(verify_nak(&d, Some(b"k"), 1_500_000, 1_000_000), Ok(h));
+        assert_eq!(
+            verify_nak(&d, Some(b"other"), 1_500_000, 1_000_000),
+            Err(NakError::BadTag)
+        );
+        assert_eq!(
+            verify_nak(&h.to_bytes(), Some(b"k"), 1_500_000, 1_000_000),
+            Err(NakError::BadTag),
+            "an untagged NAK is refused when the origin has a key"
+        );
+        assert_eq!(
+            verify_nak(&d, Some(b"k"), 9_000_000, 1_000_000),
+            Err(NakError::Stale(8_000))
+        );
+        let mut forged = d.to_vec();
+        forged[23] ^= 1; // another seq under the same tag
+        assert_eq!(
+            verify_nak(&forged, Some(b"k"), 1_500_000, 1_000_000),
+            Err(NakError::BadTag)
+        );
+        assert!(verify_nak(&h.to_bytes(), None, 0, 0).is_ok());
+        assert!(matches!(
+            verify_nak(&header(Kind::Data, 0).to_bytes(), None, 0, 0),
+            Err(NakError::NotNak(Kind::Data))
+        ));
     }
 
     #[test]

@@ -317,7 +317,13 @@ fn feed_expected() -> Vec<(&'static str, Bytes)> {
             "feed_heartbeat",
             header(Kind::Heartbeat, 0, 41, 0x0006_2a1b_3c4e_1000, 0).to_bytes(),
         ),
-        ("feed_nak", header(Kind::Nak, 0, 38, 0, 3).to_bytes()),
+        (
+            "feed_nak",
+            sign_nak(
+                &header(Kind::Nak, 0, 38, 0x0006_2a1b_3c4e_3000, 3),
+                b"relay-secret",
+            ),
+        ),
         (
             "feed_unavailable",
             header(Kind::Unavailable, 0, 38, 0x0006_2a1b_3c4e_2000, 3).to_bytes(),

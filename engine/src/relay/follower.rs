@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use socket2::{Domain, Protocol, Socket, Type};
-use yorker_wire::feed::{messages, FeedHeader, FeedMessage, Kind};
+use yorker_wire::feed::{messages, sign_nak, FeedHeader, FeedMessage, Kind};
 
 use super::receiver::{Action, Receiver, ReceiverConfig, ReceiverStats, SnapshotReason};
 use super::upstream::{self, Synced, UpstreamConfig, UpstreamError};
@@ -238,10 +238,15 @@ impl Multicast {
                             channel: self.receiver.channel,
                             epoch,
                             seq,
-                            send_time_us: 0,
+                            send_time_us: unix_us(),
                             count,
                         };
-                        let _ = self.naks.send_to(&h.to_bytes(), self.nak_to);
+                        // Signed with the relay key the origin expects (--upstream-key).
+                        let d = match &self.upstream.key {
+                            Some(k) => sign_nak(&h, k.as_bytes()),
+                            None => h.to_bytes(),
+                        };
+                        let _ = self.naks.send_to(&d, self.nak_to);
                     }
                     Action::Snapshot(reason) => {
                         if reason != SnapshotReason::Start {

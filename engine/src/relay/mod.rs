@@ -44,6 +44,9 @@ pub struct MulticastOut {
     pub retransmit_ms: u64,
     /// Bytes the retransmit ring holds at most.
     pub retransmit_bytes: usize,
+    /// The relay key: NAKs must carry a tag made with it. `None` (only with
+    /// `--allow-anonymous-relays`): NAKs are answered untagged, rate limits still apply.
+    pub nak_key: Option<Vec<u8>>,
 }
 
 /// Feed counters, shared between the feed threads and the stats line. On an origin the
@@ -64,6 +67,8 @@ pub struct FeedStats {
     pub retransmits: AtomicU64,
     /// NAKed ranges the ring no longer held (origin).
     pub unavailable: AtomicU64,
+    /// NAKs refused (origin): bad or missing tag, stale send time, over a rate limit.
+    pub naks_refused: AtomicU64,
     /// Snapshots fetched to resynchronise (not counting the one at start-up).
     pub snapshot_fallbacks: AtomicU64,
     /// Updates applied to this relay's registry (fanned out), duplicates excluded.
@@ -100,12 +105,13 @@ impl FeedStats {
     pub fn line(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "feed: datagrams_out={} datagrams_in={} bad={} gaps={} naks={} retransmits={} unavailable={} snapshot_fallbacks={} applied={} duplicates={} resets={} overruns={} topic_limit_drops={} oversize_drops={} lag_us={} lag_max_us={}",
+            "feed: datagrams_out={} datagrams_in={} bad={} gaps={} naks={} naks_refused={} retransmits={} unavailable={} snapshot_fallbacks={} applied={} duplicates={} resets={} overruns={} topic_limit_drops={} oversize_drops={} lag_us={} lag_max_us={}",
             g(&self.datagrams_out),
             g(&self.datagrams_in),
             g(&self.bad_datagrams),
             g(&self.gaps),
             g(&self.naks),
+            g(&self.naks_refused),
             g(&self.retransmits),
             g(&self.unavailable),
             g(&self.snapshot_fallbacks),

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
-use yorker_wire::feed::{FeedHeader, Kind};
+use yorker_wire::feed::{verify_nak, FeedHeader, Kind, NakError};
 
 use super::packer::{Packer, RetransmitRing};
 use super::{unix_us, FeedStats, MulticastOut};
@@ -105,6 +105,7 @@ impl Origin {
             stats,
             stop: stop.clone(),
             linger: HashMap::new(),
+            limits: HashMap::new(),
             started: Instant::now(),
         };
         let threads = vec![
@@ -246,6 +247,8 @@ struct Recovery {
     /// Datagram -> when it was last retransmitted: NAKs from other relays for the same loss
     /// that arrive within the linger time are swallowed (one retransmit serves the group).
     linger: HashMap<u64, u64>,
+    /// Per source address: how many datagrams it may still have retransmitted.
+    limits: HashMap<IpAddr, Bucket>,
     started: Instant,
 }
 
@@ -253,29 +256,87 @@ struct Recovery {
 const LINGER_MS: u64 = 20;
 /// Datagrams one NAK may ask for.
 const MAX_NAK_RANGE: u64 = 1024;
+/// A NAK's send time may be this far from the origin's clock (replays of old NAKs are refused).
+const NAK_WINDOW_US: u64 = 10_000_000;
+/// Retransmitted datagrams one source may cause per second, and in one burst.
+const SOURCE_RATE: f64 = 5_000.0;
+const SOURCE_BURST: f64 = 10_000.0;
+/// Sources tracked at once; beyond it, sources idle for a second are forgotten, and if none is,
+/// new sources are refused until one is.
+const MAX_SOURCES: usize = 1024;
+
+/// A token bucket: `tokens` datagrams may be retransmitted now; it refills at `SOURCE_RATE`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at_ms: u64,
+}
+
+impl Bucket {
+    fn take(&mut self, n: f64, now_ms: u64) -> bool {
+        let dt = now_ms.saturating_sub(self.at_ms) as f64 / 1000.0;
+        self.tokens = (self.tokens + dt * SOURCE_RATE).min(SOURCE_BURST);
+        self.at_ms = now_ms;
+        if self.tokens >= n {
+            self.tokens -= n;
+            true
+        } else {
+            false
+        }
+    }
+}
 
 impl Recovery {
     fn run(mut self) {
         let mut buf = vec![0u8; 2048];
+        let key = self.cfg.nak_key.clone();
         while !self.stop.load(Ordering::Acquire) {
-            let Ok((n, _from)) = self.naks.recv_from(&mut buf) else {
+            let Ok((n, from)) = self.naks.recv_from(&mut buf) else {
                 continue; // timeout (checks stop) or a transient error
             };
-            match FeedHeader::decode(&buf[..n]) {
-                Ok(h) if h.kind == Kind::Nak && h.channel == self.cfg.channel => self.answer(&h),
-                _ => FeedStats::add(&self.stats.bad_datagrams, 1),
+            match verify_nak(&buf[..n], key.as_deref(), unix_us(), NAK_WINDOW_US) {
+                Ok(h) if h.channel == self.cfg.channel => self.answer(&h, from.ip()),
+                Ok(_) | Err(NakError::Malformed(_)) | Err(NakError::NotNak(_)) => {
+                    FeedStats::add(&self.stats.bad_datagrams, 1)
+                }
+                Err(NakError::BadTag) | Err(NakError::Stale(_)) => {
+                    FeedStats::add(&self.stats.naks_refused, 1)
+                }
             }
         }
     }
 
-    fn answer(&mut self, h: &FeedHeader) {
+    /// True when `from` may have `n` more datagrams retransmitted now.
+    fn allow(&mut self, from: IpAddr, n: u64, now_ms: u64) -> bool {
+        if !self.limits.contains_key(&from) && self.limits.len() >= MAX_SOURCES {
+            self.limits
+                .retain(|_, b| now_ms.saturating_sub(b.at_ms) < 1000);
+            if self.limits.len() >= MAX_SOURCES {
+                return false;
+            }
+        }
+        self.limits
+            .entry(from)
+            .or_insert(Bucket {
+                tokens: SOURCE_BURST,
+                at_ms: now_ms,
+            })
+            .take(n as f64, now_ms)
+    }
+
+    fn answer(&mut self, h: &FeedHeader, from: IpAddr) {
         FeedStats::add(&self.stats.naks, 1);
         if h.epoch != self.registry.epoch() {
             return; // the relay will see this epoch's datagrams and resynchronise
         }
         let now = self.started.elapsed().as_millis() as u64;
+        let asked = (h.count as u64).clamp(1, MAX_NAK_RANGE);
+        if !self.allow(from, asked, now) {
+            FeedStats::add(&self.stats.naks_refused, 1);
+            return;
+        }
         self.linger.retain(|_, &mut at| now - at <= LINGER_MS);
-        let end = h.seq.saturating_add((h.count as u64).min(MAX_NAK_RANGE));
+        let end = h.seq.saturating_add(asked);
         let mut missing: Option<(u64, u64)> = None;
         let mut resend = Vec::new();
         {
