@@ -97,7 +97,7 @@ wait_log() {
 
 start_origin() {
   taskset -c $cpu_origin $BIN/yorker serve --listen $ORIGIN --cores 1 --publisher-key bench \
-    --multicast-out $GROUP --multicast-if 10.9.0.1 --stats-interval 0 2>"$LOGS/origin.log" &
+    --relay-key bench-relay --multicast-out $GROUP --multicast-if 10.9.0.1 --stats-interval 0 2>"$LOGS/origin.log" &
   ORIGIN_PID=$!
   pids+=("$ORIGIN_PID")
   wait_port $ORIGIN
@@ -111,7 +111,7 @@ start_relay() { # mode index
     src=(--upstream $ORIGIN)
   fi
   "${IN[@]}" taskset -c $cpu_rest $BIN/yorker relay --listen 127.0.0.1:$port --cores 1 "${src[@]}" \
-    --stats-interval 0 2>"$LOGS/relay-$2.log" &
+    --upstream-key bench-relay --stats-interval 0 2>"$LOGS/relay-$2.log" &
   pids+=("$!")
   wait_port 127.0.0.1:$port
   wait_log "$LOGS/relay-$2.log" "synced with"

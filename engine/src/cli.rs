@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::config::{RelayArgs, ServeArgs};
@@ -59,7 +59,7 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
         }
     };
     // Register signals before starting shards so an early SIGTERM is not lost.
-    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("yorker: cannot install signal handlers: {e}");
@@ -70,6 +70,7 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
         eprintln!("yorker: WARNING: --allow-anonymous-relays: any client may connect as a relay and receive every topic (each such session costs a snapshot of every topic); set --relay-key instead");
     }
     let cores = cfg.cores;
+    let tokens = cfg.core.tokens.clone();
     let server = match Server::start(cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -110,8 +111,21 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
             .spawn(move || stats_loop(&s, every, feed))
             .ok();
     }
-    // Block until a signal arrives.
-    let first = signals.forever().next();
+    // Block until SIGTERM or SIGINT; SIGHUP re-reads the token keys (rotation) and goes on.
+    let first = loop {
+        match signals.forever().next() {
+            Some(SIGHUP) => match &tokens {
+                Some(v) => match v.reload() {
+                    Ok(n) => eprintln!("yorker: SIGHUP: {n} token key(s) reloaded"),
+                    Err(e) => {
+                        eprintln!("yorker: SIGHUP: keys not reloaded, the old ones stay: {e}")
+                    }
+                },
+                None => eprintln!("yorker: SIGHUP: nothing to reload (no --jwt-key)"),
+            },
+            other => break other,
+        }
+    };
     eprintln!("yorker: signal {first:?}: stopping (GOAWAY to every client, draining)");
     if let Some(f) = follower.as_mut() {
         f.stop();
@@ -119,7 +133,7 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
     server.begin_shutdown();
     // A second signal aborts the drain.
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
+        if signals.forever().any(|s| s != SIGHUP) {
             eprintln!("yorker: second signal, exiting now");
             std::process::exit(130);
         }
@@ -182,7 +196,7 @@ fn stats_line(t: &Totals, last: &Totals, dt: Duration) -> String {
     let sends = t.core.sends - last.core.sends;
     let enters = (t.enters - last.enters).max(1);
     format!(
-        "conns={} subs={} topics={} updates_in={} deliveries={} deliveries/s={} sends/enter={:.1} frames/send={:.1} conflated={} urgent={} slow_closed={} errors_sent={} write_timeouts={} outbox_bytes={}",
+        "conns={} subs={} topics={} updates_in={} deliveries={} deliveries/s={} sends/enter={:.1} frames/send={:.1} conflated={} urgent={} slow_closed={} errors_sent={} write_timeouts={} outbox_bytes={} inbound_bytes={} frame_timeouts={} auth_refused={} tokens_verified={} tokens_expired={}",
         t.core.connections,
         t.core.subscriptions,
         t.topics,
@@ -197,5 +211,10 @@ fn stats_line(t: &Totals, last: &Totals, dt: Duration) -> String {
         t.core.errors_sent,
         t.core.write_timeouts,
         t.core.outbox_bytes,
+        t.core.inbound_bytes,
+        t.core.frame_timeouts,
+        t.core.auth_refused,
+        t.core.tokens_verified,
+        t.core.tokens_expired,
     )
 }

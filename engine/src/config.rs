@@ -4,6 +4,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use clap::{Args, ValueEnum};
 
+use crate::core::auth::{parse_patterns, KeySpec, Policy, TokenVerifier};
 use crate::core::topic::RegistryLimits;
 use crate::core::{CoreConfig, SlowPolicy};
 use crate::relay::receiver::ReceiverConfig;
@@ -65,6 +66,32 @@ pub struct ServeArgs {
     /// Relay connections the server holds at most (each receives every topic).
     #[arg(long, env = "YORKER_MAX_RELAYS", default_value_t = 64)]
     pub max_relays: usize,
+    /// Key files that verify signed tokens (JWT): [KID=]PATH, repeat or comma-separate. A PEM
+    /// public key (Ed25519: EdDSA, P-256: ES256, RSA: RS256) or an HS256 secret file (>= 32
+    /// bytes). Re-read on SIGHUP.
+    #[arg(long = "jwt-key", env = "YORKER_JWT_KEYS", value_delimiter = ',')]
+    pub jwt_keys: Vec<KeySpec>,
+    /// Tokens must carry this audience (`aud`).
+    #[arg(long, env = "YORKER_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Tokens must carry this issuer (`iss`).
+    #[arg(long, env = "YORKER_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Refuse subscribers without a token (needs --jwt-key).
+    #[arg(long, env = "YORKER_REQUIRE_TOKEN")]
+    pub require_token: bool,
+    /// Topic patterns anonymous subscribers may subscribe to (comma-separated; `*` one
+    /// segment, final `**` any rest). user/... topics are never anonymous.
+    #[arg(
+        long,
+        env = "YORKER_ANONYMOUS_TOPICS",
+        value_delimiter = ',',
+        default_value = "**"
+    )]
+    pub anonymous_topics: Vec<String>,
+    /// After a session's token expires it lives this many ms more, waiting for AUTH.
+    #[arg(long, env = "YORKER_TOKEN_GRACE_MS", default_value_t = 30_000)]
+    pub token_grace_ms: u64,
     /// Outbox bytes per relay connection (every topic, never conflated; beyond it the relay is
     /// disconnected and resynchronises).
     #[arg(long, env = "YORKER_RELAY_OUTBOX_LIMIT", default_value_t = 64 * 1024 * 1024)]
@@ -405,6 +432,27 @@ impl ServeArgs {
             self.relay_outbox_limit >= 65_536,
             "--relay-outbox-limit must be at least 65536",
         )?;
+        let tokens = if self.jwt_keys.is_empty() {
+            if self.require_token {
+                return Err("--require-token needs --jwt-key (the keys that verify tokens)".into());
+            }
+            None
+        } else {
+            Some(std::sync::Arc::new(TokenVerifier::new(
+                self.jwt_keys.clone(),
+                self.jwt_audience.clone(),
+                self.jwt_issuer.clone(),
+            )?))
+        };
+        let anonymous_topics = parse_patterns(
+            &self
+                .anonymous_topics
+                .iter()
+                .filter(|p| !p.is_empty())
+                .cloned()
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|e| format!("--anonymous-topics: {e}"))?;
         let mut max_frame = self.max_frame;
         let multicast = if self.multicast_out.is_empty() {
             None
@@ -468,6 +516,12 @@ impl ServeArgs {
                 publisher_key: self.publisher_key.clone(),
                 relay_key: self.relay_key.clone(),
                 allow_anonymous_relays: self.allow_anonymous_relays,
+                tokens,
+                policy: Policy {
+                    anonymous_topics,
+                    require_token: self.require_token,
+                    grace_ms: self.token_grace_ms,
+                },
                 max_relays: self.max_relays,
                 relay_outbox_limit: self.relay_outbox_limit,
                 frame_timeout_ms: self.frame_timeout_ms,

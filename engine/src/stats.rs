@@ -88,4 +88,6 @@ shared_stats!(
     frame_timeouts,
     inbound_cap_closes,
     auth_refused,
+    tokens_verified,
+    tokens_expired,
 );

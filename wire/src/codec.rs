@@ -23,7 +23,19 @@ impl Frame {
                 dst.put_u16(h.version);
                 dst.put_u8(h.role as u8);
                 put_str8(dst, &h.client_name);
-                put_str8(dst, &h.token);
+                if h.long_token() {
+                    put_str16(dst, &h.token);
+                } else {
+                    put_str8(dst, &h.token);
+                }
+            }
+            Frame::Auth { token } => put_str16(dst, token),
+            Frame::AuthOk {
+                expires_at_s,
+                grace_ms,
+            } => {
+                dst.put_u64(*expires_at_s);
+                dst.put_u32(*grace_ms);
             }
             Frame::Subscribe(s) => {
                 dst.put_u32(s.request_id);
@@ -136,8 +148,13 @@ impl Frame {
         match self {
             Frame::Hello(h) => {
                 str8("client_name", &h.client_name)?;
-                str8("token", &h.token)
+                if h.long_token() {
+                    str16("token", &h.token)
+                } else {
+                    str8("token", &h.token)
+                }
             }
+            Frame::Auth { token } => str16("token", token),
             Frame::Subscribe(s) => {
                 count("entries", s.entries.len())?;
                 s.entries.iter().try_for_each(|e| str8("topic", &e.topic))
@@ -314,7 +331,12 @@ pub fn decode_body(mut b: Bytes) -> Result<Frame, DecodeError> {
                 value: role_v as u64,
             })?;
             let client_name = r.str8("client_name")?;
-            let token = r.str8("token")?;
+            // The version, read first, says how long the token may be.
+            let token = if version >= 2 {
+                r.str16("token")?
+            } else {
+                r.str8("token")?
+            };
             Frame::Hello(Hello {
                 version,
                 role,
@@ -430,6 +452,13 @@ pub fn decode_body(mut b: Bytes) -> Result<Frame, DecodeError> {
         frame_type::TOPIC => Frame::Topic {
             topic_id: r.u32("topic_id")?,
             name: r.str8("name")?,
+        },
+        frame_type::AUTH => Frame::Auth {
+            token: r.str16("token")?,
+        },
+        frame_type::AUTH_OK => Frame::AuthOk {
+            expires_at_s: r.u64("expires_at_s")?,
+            grace_ms: r.u32("grace_ms")?,
         },
         frame_type::SYNCED => Frame::Synced {
             topics: r.u32("topics")?,

@@ -4,8 +4,10 @@
 
 use bytes::Bytes;
 
-/// The highest protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The highest protocol version this crate speaks. Version 2 adds tokens of up to 65,535 bytes
+/// in HELLO (signed JWTs), AUTH / AUTH_OK (token refresh within a session). A server speaks
+/// every version from 1 up to this one.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Bytes of the length prefix in front of every frame.
 pub const LENGTH_PREFIX: usize = 4;
 /// The most a server accepts before WELCOME told the client the real limit (HELLO must fit).
@@ -29,6 +31,8 @@ pub mod frame_type {
     pub const PING: u8 = 0x04;
     /// Client -> server (publisher role): publish an update.
     pub const PUBLISH: u8 = 0x05;
+    /// Client -> server (version 2): a new token for this session (refresh before expiry).
+    pub const AUTH: u8 = 0x06;
     /// Server -> client: session accepted.
     pub const WELCOME: u8 = 0x81;
     /// Server -> client: result of SUBSCRIBE or UNSUBSCRIBE.
@@ -48,6 +52,8 @@ pub mod frame_type {
     /// Server -> relay: every topic's snapshot has been sent; live updates follow (relay role
     /// only).
     pub const SYNCED: u8 = 0x89;
+    /// Server -> client (version 2): a token was accepted; when it expires.
+    pub const AUTH_OK: u8 = 0x8a;
 }
 
 /// What a connection intends to do; chosen once, in HELLO.
@@ -156,8 +162,16 @@ pub struct Hello {
     pub role: Role,
     /// Free-form client name for logs (at most 255 bytes).
     pub client_name: String,
-    /// Authentication token; publishers present the publisher key here (at most 255 bytes).
+    /// Authentication token: the publisher or relay key, or a signed token (JWT). At most 255
+    /// bytes in version 1 (str8), 65,535 from version 2 on (str16).
     pub token: String,
+}
+
+impl Hello {
+    /// True when this HELLO's token travels as a str16 (version 2 and later).
+    pub fn long_token(&self) -> bool {
+        self.version >= 2
+    }
 }
 
 /// Where a SUBSCRIBE entry asks to resume from.
@@ -332,6 +346,18 @@ pub enum Frame {
         /// Its name.
         name: String,
     },
+    /// Client -> server (v2): replaces the session's token (refresh).
+    Auth {
+        /// The new token (str16).
+        token: String,
+    },
+    /// Server -> client (v2): the token in HELLO or AUTH was accepted.
+    AuthOk {
+        /// When the token expires, seconds since the Unix epoch (0: it does not).
+        expires_at_s: u64,
+        /// After expiry the session lives this many ms more, for a refresh to arrive.
+        grace_ms: u32,
+    },
     /// Server -> relay: the initial snapshot is complete.
     Synced {
         /// Topics whose snapshot (or TOPIC alone, when they hold no value yet) was sent.
@@ -363,6 +389,8 @@ impl Frame {
             Frame::GoAway(_) => GOAWAY,
             Frame::Topic { .. } => TOPIC,
             Frame::Synced { .. } => SYNCED,
+            Frame::Auth { .. } => AUTH,
+            Frame::AuthOk { .. } => AUTH_OK,
         }
     }
 
@@ -395,6 +423,8 @@ pub fn frame_name(t: u8) -> &'static str {
         GOAWAY => "GOAWAY",
         TOPIC => "TOPIC",
         SYNCED => "SYNCED",
+        AUTH => "AUTH",
+        AUTH_OK => "AUTH_OK",
         _ => "?",
     }
 }

@@ -34,6 +34,7 @@ fn frame() -> impl Strategy<Value = Frame> {
         Just(SubResult::InvalidTopic),
         Just(SubResult::LimitReached),
         Just(SubResult::NotSubscribed),
+        Just(SubResult::Forbidden),
     ];
     prop_oneof![
         (any::<u16>(), 1u8..=3, text(30), text(30)).prop_map(
@@ -135,6 +136,27 @@ fn frame() -> impl Strategy<Value = Frame> {
                 epoch,
                 feed_seq,
             }
+        }),
+        // Version 2: long tokens.
+        (
+            2u16..=9,
+            1u8..=3,
+            proptest::collection::vec(text(200), 0..4)
+        )
+            .prop_map(|(version, role, parts)| {
+                Frame::Hello(Hello {
+                    version,
+                    role: Role::from_u8(role).expect("1..=3 are roles"),
+                    client_name: "c".into(),
+                    token: parts.join("."),
+                })
+            }),
+        proptest::collection::vec(text(200), 0..4).prop_map(|parts| Frame::Auth {
+            token: parts.join(".")
+        }),
+        (any::<u64>(), any::<u32>()).prop_map(|(expires_at_s, grace_ms)| Frame::AuthOk {
+            expires_at_s,
+            grace_ms
         }),
     ]
 }

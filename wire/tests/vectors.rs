@@ -37,8 +37,30 @@ fn expected() -> Vec<(&'static str, Frame)> {
                 version: 1,
                 role: Role::Relay,
                 client_name: "relay".into(),
-                token: String::new(),
+                token: "rk".into(),
             }),
+        ),
+        (
+            "hello_v2",
+            Frame::Hello(Hello {
+                version: 2,
+                role: Role::Subscriber,
+                client_name: "game".into(),
+                token: "h.p.s".into(),
+            }),
+        ),
+        (
+            "auth",
+            Frame::Auth {
+                token: "h.p.s".into(),
+            },
+        ),
+        (
+            "auth_ok",
+            Frame::AuthOk {
+                expires_at_s: 1_767_225_600,
+                grace_ms: 30_000,
+            },
         ),
         (
             "topic",

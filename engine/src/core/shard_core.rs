@@ -15,6 +15,7 @@ use yorker_wire::{
     Welcome,
 };
 
+use super::auth::{Grant, Policy, TokenCache, TokenVerifier};
 use super::outbox::{Entry, Outbox, Pushed};
 use super::subscribers::SubIndex;
 use super::topic::{Registry, UpdateMsg};
@@ -59,6 +60,10 @@ pub struct CoreConfig {
     pub relay_key: Option<String>,
     /// Without a relay key, let any relay connect (each costs a snapshot of every topic).
     pub allow_anonymous_relays: bool,
+    /// Verifies signed tokens (--jwt-key); `None`: keys only, subscribers anonymous.
+    pub tokens: Option<Arc<TokenVerifier>>,
+    /// Rules for anonymous sessions and token expiry.
+    pub policy: Policy,
     /// Relay connections over the whole server, at most.
     pub max_relays: usize,
     /// A frame that started to arrive must be complete within this many ms.
@@ -92,6 +97,8 @@ impl Default for CoreConfig {
             publisher_key: None,
             relay_key: None,
             allow_anonymous_relays: false,
+            tokens: None,
+            policy: Policy::default(),
             max_relays: 64,
             frame_timeout_ms: 10_000,
             shard_inbound_cap: 64 * 1024 * 1024,
@@ -151,6 +158,10 @@ pub struct CoreStats {
     pub inbound_cap_closes: u64,
     /// HELLOs refused (wrong or missing key or token, relay cap).
     pub auth_refused: u64,
+    /// Token signatures checked (the rest came from the shard's cache).
+    pub tokens_verified: u64,
+    /// Sessions closed because their token expired without a refresh.
+    pub tokens_expired: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +193,10 @@ struct Conn {
     send_started_ms: u32,
     /// When the first byte of the partial frame in `pending` arrived.
     partial_since_ms: u32,
+    /// Negotiated protocol version.
+    version: u8,
+    /// What the session's token allows (none: anonymous, or authenticated by a key).
+    grant: Option<Arc<Grant>>,
 }
 
 /// Milliseconds elapsed from `then` to `now` on the u32 clock.
@@ -217,6 +232,8 @@ pub struct ShardCore {
     relays: Vec<RelayLink>,
     /// Capacity of every connection's `pending` buffer.
     inbound_bytes: usize,
+    /// Tokens this shard verified.
+    token_cache: TokenCache,
 }
 
 /// A downstream relay: it gets every topic, in the origin's order, never conflated, each topic
@@ -262,6 +279,7 @@ impl ShardCore {
             overflowed: Vec::new(),
             relays: Vec::new(),
             inbound_bytes: 0,
+            token_cache: TokenCache::default(),
         }
     }
 
@@ -272,6 +290,7 @@ impl ShardCore {
         s.outbox_bytes = self.total_outbox as u64;
         s.relay_links = self.relays.len() as u64;
         s.inbound_bytes = self.inbound_bytes as u64;
+        s.tokens_verified = self.token_cache.verified;
         s
     }
 
@@ -332,6 +351,8 @@ impl ShardCore {
             last_tx_ms: t,
             send_started_ms: 0,
             partial_since_ms: 0,
+            version: 0,
+            grant: None,
         });
         self.stats.connections += 1;
         self.stats.accepted += 1;
@@ -758,6 +779,18 @@ impl ShardCore {
                 self.abort(slot);
                 continue;
             }
+            if c.grant.as_ref().is_some_and(|g| {
+                g.expires_at_s.saturating_mul(1000) + self.cfg.policy.grace_ms <= now.unix_us / 1000
+            }) {
+                self.stats.tokens_expired += 1;
+                self.fail(
+                    slot,
+                    ErrorCode::TokenExpired,
+                    "token expired; refresh it with AUTH before it does",
+                    now,
+                );
+                continue;
+            }
             if c.pending.is_some() && since(now.ms, c.partial_since_ms) >= self.cfg.frame_timeout_ms
             {
                 self.stats.frame_timeouts += 1;
@@ -892,6 +925,9 @@ impl ShardCore {
                 self.push_control(slot, f);
             }
             (Some(Phase::Active(role)), Frame::Publish(p)) => self.on_publish(slot, role, p, now),
+            (Some(Phase::Active(role)), Frame::Auth { token }) => {
+                self.on_auth(slot, role, &token, now)
+            }
             (Some(Phase::Active(_)), f) => {
                 let msg = format!("{} is a server frame", f.name());
                 self.fail(slot, ErrorCode::UnexpectedFrame, &msg, now)
@@ -909,53 +945,26 @@ impl ShardCore {
                 now,
             );
         }
-        if h.role == Role::Publisher {
-            match &self.cfg.publisher_key {
-                None => {
-                    self.stats.auth_refused += 1;
-                    return self.fail(
-                        slot,
-                        ErrorCode::AuthFailed,
-                        "this server accepts no publishers (no publisher key set)",
-                        now,
-                    );
-                }
-                Some(k) if !constant_time_eq(k.as_bytes(), h.token.as_bytes()) => {
-                    self.stats.auth_refused += 1;
-                    return self.fail(slot, ErrorCode::AuthFailed, "wrong publisher key", now);
-                }
-                Some(_) => {}
-            }
-        }
-        if h.role == Role::Relay {
-            // Secure by default: a relay session costs a snapshot of every topic, so it needs
-            // the relay key unless the operator opted out (--allow-anonymous-relays).
-            let refused = match &self.cfg.relay_key {
-                Some(k) if !constant_time_eq(k.as_bytes(), h.token.as_bytes()) => {
-                    Some("wrong relay key")
-                }
-                None if !self.cfg.allow_anonymous_relays => {
-                    Some("this server accepts no relays (no --relay-key set)")
-                }
-                _ => None,
-            };
-            if let Some(why) = refused {
+        let version = h.version.min(PROTOCOL_VERSION);
+        let grant = match self.authenticate(h.role, &h.token, now) {
+            Ok(g) => g,
+            Err((code, why)) => {
                 self.stats.auth_refused += 1;
-                return self.fail(slot, ErrorCode::AuthFailed, why, now);
+                return self.fail(slot, code, &why, now);
             }
-            if !self.registry.try_add_relay(self.cfg.max_relays) {
-                self.stats.auth_refused += 1;
-                return self.fail(
-                    slot,
-                    ErrorCode::ServerFull,
-                    "relay connection limit reached (--max-relays)",
-                    now,
-                );
-            }
+        };
+        if h.role == Role::Relay && !self.registry.try_add_relay(self.cfg.max_relays) {
+            self.stats.auth_refused += 1;
+            return self.fail(
+                slot,
+                ErrorCode::ServerFull,
+                "relay connection limit reached (--max-relays)",
+                now,
+            );
         }
         let session_id = self.registry.next_session_id();
         let welcome = Frame::Welcome(Welcome {
-            version: h.version.min(PROTOCOL_VERSION),
+            version,
             session_id,
             epoch: self.registry.epoch(),
             heartbeat_ms: self.cfg.heartbeat_ms as u32,
@@ -967,12 +976,174 @@ impl ShardCore {
         })
         .to_bytes()
         .expect("welcome encodes");
+        let auth_ok = grant
+            .as_ref()
+            .filter(|_| version >= 2)
+            .map(|g| self.auth_ok(g));
         let c = self.conns[slot as usize].as_mut().expect("open");
         c.phase = Phase::Active(h.role);
+        c.version = version as u8;
+        c.grant = grant;
         self.push_control(slot, welcome);
+        if let Some(f) = auth_ok {
+            self.push_control(slot, f);
+        }
         if h.role == Role::Relay {
             self.start_relay(slot, now);
         }
+    }
+
+    /// Checks HELLO's token for `role`: the publisher or relay key, or a signed token (when the
+    /// server has --jwt-key). Returns the token's grant (none for a key, or an anonymous
+    /// subscriber), or the code and message of the refusal.
+    fn authenticate(
+        &mut self,
+        role: Role,
+        token: &str,
+        now: Now,
+    ) -> Result<Option<Arc<Grant>>, (ErrorCode, String)> {
+        let refuse = |why: &str| Err((ErrorCode::AuthFailed, why.to_string()));
+        let key = match role {
+            Role::Publisher => self.cfg.publisher_key.as_deref(),
+            Role::Relay => self.cfg.relay_key.as_deref(),
+            Role::Subscriber => None,
+        };
+        if key.is_some_and(|k| constant_time_eq(k.as_bytes(), token.as_bytes())) {
+            return Ok(None);
+        }
+        if token.is_empty() {
+            return match role {
+                Role::Subscriber if self.cfg.policy.require_token => {
+                    refuse("this server requires a token")
+                }
+                Role::Subscriber => Ok(None),
+                Role::Relay if self.cfg.relay_key.is_none() && self.cfg.allow_anonymous_relays => {
+                    Ok(None)
+                }
+                Role::Relay if self.cfg.relay_key.is_none() => {
+                    refuse("this server accepts no relays (no --relay-key set)")
+                }
+                Role::Publisher if self.cfg.publisher_key.is_none() => {
+                    refuse("this server accepts no publishers (no publisher key set)")
+                }
+                _ => refuse("a key or token is required for this role"),
+            };
+        }
+        let Some(v) = self.cfg.tokens.clone() else {
+            return match role {
+                // Version 1 ignored subscribers' tokens; without --jwt-key they still are.
+                Role::Subscriber => Ok(None),
+                Role::Relay if self.cfg.relay_key.is_none() && self.cfg.allow_anonymous_relays => {
+                    Ok(None)
+                }
+                Role::Publisher if self.cfg.publisher_key.is_none() => {
+                    refuse("this server accepts no publishers (no publisher key set)")
+                }
+                Role::Publisher => refuse("wrong publisher key"),
+                Role::Relay => refuse("wrong relay key"),
+            };
+        };
+        let grant = self
+            .token_cache
+            .grant(&v, token, now.unix_us / 1_000_000)
+            .map_err(|e| (ErrorCode::AuthFailed, e.to_string()))?;
+        if !grant.permits_role(role) {
+            return refuse("the token does not grant this role");
+        }
+        Ok(Some(grant))
+    }
+
+    fn auth_ok(&self, g: &Grant) -> Bytes {
+        Frame::AuthOk {
+            expires_at_s: g.expires_at_s,
+            grace_ms: self.cfg.policy.grace_ms.min(u32::MAX as u64) as u32,
+        }
+        .to_bytes()
+        .expect("auth_ok encodes")
+    }
+
+    /// AUTH (version 2): a new token for the session, before the old one expires. It must grant
+    /// the session's role and keep its subject; subscriptions it no longer allows end, reported
+    /// in a SUBACK with request id 0 and result `forbidden`.
+    fn on_auth(&mut self, slot: u32, role: Role, token: &str, now: Now) {
+        let (version, old_subject) = match self.conn(slot) {
+            Some(c) => (c.version, c.grant.as_ref().and_then(|g| g.subject.clone())),
+            None => return,
+        };
+        if version < 2 {
+            return self.fail(
+                slot,
+                ErrorCode::UnexpectedFrame,
+                "AUTH needs protocol version 2",
+                now,
+            );
+        }
+        let Some(v) = self.cfg.tokens.clone() else {
+            return self.fail(
+                slot,
+                ErrorCode::AuthFailed,
+                "this server verifies no tokens (no --jwt-key)",
+                now,
+            );
+        };
+        let grant = match self.token_cache.grant(&v, token, now.unix_us / 1_000_000) {
+            Ok(g) => g,
+            Err(e) => return self.fail(slot, ErrorCode::AuthFailed, &e.to_string(), now),
+        };
+        if !grant.permits_role(role) {
+            return self.fail(
+                slot,
+                ErrorCode::AuthFailed,
+                "the token does not grant this role",
+                now,
+            );
+        }
+        if old_subject.is_some() && grant.subject != old_subject {
+            return self.fail(
+                slot,
+                ErrorCode::AuthFailed,
+                "a refreshed token must keep the subject",
+                now,
+            );
+        }
+        let revoked: Vec<u32> = self
+            .index
+            .of_conn(slot)
+            .iter()
+            .map(|s| s.topic)
+            .filter(|&id| {
+                self.registry
+                    .get(id)
+                    .is_none_or(|t| !self.cfg.policy.may_subscribe(Some(&grant), &t.name))
+            })
+            .collect();
+        let ok = self.auth_ok(&grant);
+        if let Some(c) = self.conns[slot as usize].as_mut() {
+            c.grant = Some(grant);
+        }
+        if !revoked.is_empty() {
+            let mut entries = Vec::with_capacity(revoked.len());
+            for id in revoked {
+                if self.index.remove(slot, id) {
+                    self.registry.release(id);
+                    let c = self.conns[slot as usize].as_mut().expect("open");
+                    self.total_outbox -= c.outbox.remove_topic(id);
+                    entries.push(SubAckEntry {
+                        result: SubResult::Forbidden,
+                        topic_id: id,
+                        seq: 0,
+                    });
+                }
+            }
+            let f = Frame::SubAck(SubAck {
+                request_id: 0,
+                entries,
+            })
+            .to_bytes()
+            .expect("at most max_subscriptions entries");
+            self.push_control(slot, f);
+        }
+        self.push_control(slot, ok);
     }
 
     fn on_subscribe(&mut self, slot: u32, s: yorker_wire::Subscribe, now: Now) {
@@ -1104,10 +1275,11 @@ impl ShardCore {
         self.push_control(slot, f);
     }
 
-    /// May `slot` subscribe to `topic`? Topics under `user/` are private to their user: an
-    /// anonymous session may never subscribe to them.
-    fn may_subscribe(&self, _slot: u32, topic: &str) -> bool {
-        !super::auth::is_private(topic)
+    /// May `slot` subscribe to `topic`? Its token's patterns, or the rules for anonymous
+    /// sessions; topics under `user/` belong to their user only.
+    fn may_subscribe(&self, slot: u32, topic: &str) -> bool {
+        let grant = self.conn(slot).and_then(|c| c.grant.as_deref());
+        self.cfg.policy.may_subscribe(grant, topic)
     }
 
     fn on_publish(&mut self, slot: u32, role: Role, p: yorker_wire::Publish, now: Now) {
@@ -1122,6 +1294,11 @@ impl ShardCore {
         if let Err(e) = topic::validate(&p.topic) {
             let msg = e.to_string();
             return self.fail(slot, ErrorCode::InvalidTopic, &msg, now);
+        }
+        let grant = self.conn(slot).and_then(|c| c.grant.as_deref());
+        if !Policy::may_publish(grant, &p.topic) {
+            let msg = format!("the token does not allow publishing to {}", p.topic);
+            return self.fail(slot, ErrorCode::NotPublisher, &msg, now);
         }
         if p.payload.len() + UPDATE_HEADER_LEN - 4 > self.cfg.max_frame as usize {
             return self.fail(

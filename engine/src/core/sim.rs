@@ -470,6 +470,80 @@ mod fuzz {
         )
     }
 
+    /// Frames an anonymous client may send: no key, so no publisher or relay role.
+    fn anonymous_chunks() -> impl Strategy<Value = Vec<Vec<u8>>> {
+        let entry =
+            ("[a-z]{1,3}(/[a-z0-9]{1,3}){0,2}", any::<bool>()).prop_map(|(t, r)| SubscribeEntry {
+                topic: t,
+                resume: r.then_some(ResumeFrom { epoch: 99, seq: 1 }),
+                conflate: true,
+            });
+        let frame = prop_oneof![
+            Just(Frame::Hello(Hello {
+                version: 2,
+                role: Role::Subscriber,
+                client_name: "a".into(),
+                token: String::new()
+            })),
+            (any::<u32>(), proptest::collection::vec(entry, 0..12)).prop_map(|(r, e)| {
+                Frame::Subscribe(Subscribe {
+                    request_id: r,
+                    entries: e,
+                })
+            }),
+            proptest::collection::vec(0u32..40, 0..8).prop_map(|ids| {
+                Frame::Unsubscribe(Unsubscribe {
+                    request_id: 3,
+                    topic_ids: ids,
+                })
+            }),
+            "[a-z/]{1,8}".prop_map(|t| Frame::Publish(Publish {
+                flags: 0,
+                topic: t,
+                payload: Bytes::from_static(b"p")
+            })),
+            Just(Frame::Hello(Hello {
+                version: 1,
+                role: Role::Relay,
+                client_name: "r".into(),
+                token: String::new()
+            })),
+            Just(Frame::Auth {
+                token: "x.y.z".into()
+            }),
+        ]
+        .prop_map(|f| f.to_bytes().unwrap().to_vec());
+        proptest::collection::vec(frame, 1..40)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        /// No sequence of anonymous client frames makes the registry grow beyond what those
+        /// connections may hold (max_subscriptions each), and it shrinks back to nothing when
+        /// they leave: subscribers never create permanent topics.
+        #[test]
+        fn anonymous_frames_never_grow_the_registry_beyond_their_limit(
+            conns in proptest::collection::vec(anonymous_chunks(), 1..5),
+        ) {
+            let mut w = World::new(7, SlowPolicy::Conflate);
+            let max = w.shards[0].config().max_subscriptions as usize;
+            for (i, chunks) in conns.iter().enumerate() {
+                w.shards[0].open(i as u32, w.now);
+                for c in chunks {
+                    w.shards[0].on_bytes(i as u32, c, w.now);
+                    let reg = &w.shards[0].registry;
+                    prop_assert!(reg.len() <= (i + 1) * max, "{} topics", reg.len());
+                    prop_assert_eq!(reg.all().len(), 0, "a permanent topic appeared");
+                }
+            }
+            for i in 0..conns.len() {
+                w.shards[0].on_peer_closed(i as u32);
+                w.shards[0].remove(i as u32);
+            }
+            prop_assert_eq!(w.shards[0].registry.len(), 0);
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
         #[test]

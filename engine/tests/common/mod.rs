@@ -100,15 +100,27 @@ impl Client {
     /// HELLO as `role` (publishers present KEY), then WELCOME within `timeout`; otherwise
     /// what came instead (None: nothing, or the connection ended).
     pub fn hello(&mut self, role: Role, timeout: Duration) -> Result<(), Option<Frame>> {
+        let token = match role {
+            Role::Publisher => KEY.into(),
+            Role::Relay => RELAY_KEY.into(),
+            _ => String::new(),
+        };
+        self.hello_with(1, role, token, timeout)
+    }
+
+    /// HELLO with a protocol version and token of the caller's choosing, then WELCOME.
+    pub fn hello_with(
+        &mut self,
+        version: u16,
+        role: Role,
+        token: String,
+        timeout: Duration,
+    ) -> Result<(), Option<Frame>> {
         self.send(&Frame::Hello(Hello {
-            version: 1,
+            version,
             role,
             client_name: "test".into(),
-            token: match role {
-                Role::Publisher => KEY.into(),
-                Role::Relay => RELAY_KEY.into(),
-                _ => String::new(),
-            },
+            token,
         }));
         match self.next(timeout) {
             Some(Frame::Welcome(w)) => {
