@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod attack;
 pub mod bench;
 pub mod check;
 pub mod cmd;
@@ -21,4 +22,5 @@ pub mod proto;
 pub mod publisher;
 pub mod report;
 pub mod scorecard;
+pub mod token;
 pub mod watch;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use yorker_engine::config::ServeArgs;
-use yorker_sim::{bench, cmd, demo, watch};
+use yorker_sim::{attack, bench, cmd, demo, token, watch};
 
 /// yorker-sim: simulated game clients, a simulated match feed, benchmarks and the demo.
 #[derive(Debug, Parser)]
@@ -26,6 +26,11 @@ enum Command {
     Watch(watch::WatchArgs),
     /// The demo: engine + simulated clients + simulated matches for ~20 s, then a summary.
     Demo(demo::DemoArgs),
+    /// Hostile or heavy clients against a running engine, with a canary measured before and
+    /// during (relay HELLO storms, subscribe floods, dripping frames, HELLOs per second ...).
+    Attack(attack::AttackArgs),
+    /// Mint a signed token (JWT) for a server started with --jwt-key.
+    Token(token::TokenArgs),
     /// Run the engine itself (same as `yorker serve`); the demo starts it this way.
     #[command(hide = true)]
     Serve(Box<ServeArgs>),
@@ -38,6 +43,8 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::run(&a),
         Command::Watch(a) => watch::run(&a),
         Command::Demo(a) => demo::run(&a),
+        Command::Attack(a) => attack::run(&a),
+        Command::Token(a) => token::run(&a),
         Command::Serve(a) => return yorker_engine::cli::serve(*a),
     };
     match result {

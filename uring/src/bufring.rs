@@ -16,7 +16,11 @@ struct Mapping {
 }
 
 impl Mapping {
-    fn new(len: usize) -> io::Result<Self> {
+    /// `populate`: fault every page in now (MAP_POPULATE), so the memory shows in RSS from the
+    /// start instead of growing as the kernel cycles through the buffers.
+    fn new(len: usize, populate: bool) -> io::Result<Self> {
+        let flags =
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if populate { libc::MAP_POPULATE } else { 0 };
         // SAFETY: anonymous mapping, no file, no fixed address; the kernel picks a page-aligned
         // region of `len` bytes that only this struct refers to.
         let ptr = unsafe {
@@ -24,7 +28,7 @@ impl Mapping {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                flags,
                 -1,
                 0,
             )
@@ -68,8 +72,13 @@ impl BufRing {
                 "buffer ring entries must be a power of two <= 32768",
             ));
         }
-        let ring = Mapping::new(entries as usize * std::mem::size_of::<BufRingEntry>())?;
-        let bufs = Mapping::new(entries as usize * buf_size as usize)?;
+        let ring = Mapping::new(
+            entries as usize * std::mem::size_of::<BufRingEntry>(),
+            false,
+        )?;
+        // The kernel takes buffers in ring order and they are recycled at the tail, so every
+        // buffer gets used sooner or later: the pool is a fixed cost, faulted in up front.
+        let bufs = Mapping::new(entries as usize * buf_size as usize, true)?;
         // SAFETY: `ring` is page-aligned, sized for `entries` entries, zeroed by mmap, and lives
         // in this struct until Drop, which unregisters the group before unmapping it.
         unsafe {

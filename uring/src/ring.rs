@@ -97,6 +97,9 @@ impl std::fmt::Debug for Ring {
 
 const BUF_GROUP: u16 = 0;
 
+/// Finished sends kept for reuse at most (the rest is freed).
+const POOL_CAP: usize = 1024;
+
 impl Ring {
     /// Builds a `SINGLE_ISSUER | DEFER_TASKRUN` ring with a sparse fixed-file table of
     /// `cfg.files` slots and, if asked, a provided-buffer ring. Must be used from the thread that
@@ -294,7 +297,7 @@ impl Ring {
         let mut op = self.pool.pop().unwrap_or_else(SendOp::new);
         fill(&mut op.frames);
         if op.frames.is_empty() {
-            self.pool.push(op);
+            self.recycle_op(op);
             return Ok(0);
         }
         op.user_data = user_data;
@@ -324,7 +327,7 @@ impl Ring {
         if result < 0 {
             let unsent = op.remaining();
             op.reset();
-            self.pool.push(op);
+            self.recycle_op(op);
             return SendOutcome::Failed {
                 errno: -result,
                 unsent,
@@ -334,7 +337,7 @@ impl Ring {
         let total = op.remaining();
         if op.advance(result as usize) {
             op.reset();
-            self.pool.push(op);
+            self.recycle_op(op);
             return SendOutcome::Done {
                 frames,
                 bytes: total,
@@ -358,12 +361,21 @@ impl Ring {
                 self.in_flight -= 1;
                 let unsent = op.remaining();
                 op.reset();
-                self.pool.push(op);
+                self.recycle_op(op);
                 SendOutcome::Failed {
                     errno: err.raw_os_error().unwrap_or(libc::EIO),
                     unsent,
                 }
             }
+        }
+    }
+
+    /// Returns a finished send's memory to the pool, which keeps at most `POOL_CAP` of them:
+    /// a burst of sends (a reconnect storm, a broadcast) must not pin its peak memory forever.
+    fn recycle_op(&mut self, mut op: Box<SendOp>) {
+        if self.pool.len() < POOL_CAP {
+            op.shrink();
+            self.pool.push(op);
         }
     }
 

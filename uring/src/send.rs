@@ -102,6 +102,14 @@ impl SendOp {
         self.first == self.frames.len()
     }
 
+    /// Drops buffers grown beyond a typical gathered send, so a pooled op stays small.
+    pub(crate) fn shrink(&mut self) {
+        if self.frames.capacity() > 64 {
+            self.frames = Vec::new();
+            self.iov = Vec::new();
+        }
+    }
+
     pub(crate) fn reset(&mut self) {
         self.frames.clear();
         self.iov.clear();

@@ -263,12 +263,19 @@ impl ShardCore {
         bus: Arc<dyn Bus>,
         seed: u64,
     ) -> Self {
+        // Per-slot tables are sized for every slot up front: the kernel hands out direct
+        // descriptor slots round-robin, so under churn every slot gets used sooner or later,
+        // and their memory is a fixed cost of the engine rather than something a burst of
+        // connections (or an attack) adds.
+        let slots = cfg.max_connections + 64;
+        let mut conns = Vec::new();
+        conns.resize_with(slots, || None);
         ShardCore {
             cfg,
             registry,
             bus,
-            conns: Vec::new(),
-            index: SubIndex::default(),
+            conns,
+            index: SubIndex::with_slots(slots),
             ready: Vec::new(),
             closing: Vec::new(),
             stats: CoreStats::default(),

@@ -24,6 +24,17 @@ pub struct SubIndex {
 }
 
 impl SubIndex {
+    /// An index for connection slots `0..slots` (more grow it on demand).
+    pub fn with_slots(slots: usize) -> Self {
+        let mut by_conn = Vec::new();
+        by_conn.resize_with(slots, Vec::new);
+        SubIndex {
+            by_topic: Vec::new(),
+            by_conn,
+            total: 0,
+        }
+    }
+
     /// Total subscriptions.
     pub fn total(&self) -> usize {
         self.total
