@@ -3,5 +3,7 @@
 # plus one pass of each criterion benchmark in test mode (a build-and-run check, never timed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# System tools the namespace tests need (nftables, iproute2, ...), installed when missing.
+scripts/install-test-deps.sh
 # Property tests run a bounded number of cases (PROPTEST_CASES caps them if set).
 cargo test --workspace --all-targets --locked "$@"

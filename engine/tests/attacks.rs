@@ -373,3 +373,36 @@ fn impossible_cpu_lists_are_refused() {
         assert!(err.contains(want), "--cpus {cpus}: {err}");
     }
 }
+
+/// Issue 11, item 5: history memory is capped over all topics, whatever the number of topics a
+/// publisher fills.
+#[test]
+fn topic_history_memory_is_capped_over_all_topics() {
+    let mut cfg = config(1);
+    // Per topic up to 1 MB (16 of these updates): 12 topics would hold about 11 MB.
+    cfg.core.outbox_limit = 1 << 20;
+    cfg.registry.history_bytes = 1 << 20;
+    cfg.registry.max_history_bytes = 2 << 20;
+    let server = start(cfg);
+    let addr = server.local_addr();
+    let mut canary = Canary::start(addr);
+    let mut p = Client::connect(addr, Role::Publisher);
+    let value = vec![9u8; 60_000];
+    for t in 0..12 {
+        for _ in 0..70 {
+            p.publish(&format!("big/{t}"), 0, &value);
+        }
+        canary.check();
+    }
+    wait_for(T, "every update applied", || {
+        let r = server.registry();
+        r.lookup("big/11").is_some_and(|t| r.seq(&t) == 70)
+    });
+    let held = server.registry().history_bytes();
+    assert!(
+        held <= (2 << 20) + 65_536,
+        "{held} bytes of history over all topics"
+    );
+    assert!(held >= 60_000, "some history is kept");
+    canary.check();
+}
