@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use yorker_engine::core::outbox::{Entry, Outbox};
-use yorker_engine::core::{Bus, CoreConfig, Now, Registry, ShardCore, UpdateMsg};
+use yorker_engine::proto::outbox::{Entry, Outbox};
+use yorker_engine::proto::registry::Registry;
+use yorker_engine::proto::{CoreConfig, Input, Now, Output, Shard, Token, UpdateMsg};
 use yorker_wire::{encode_update, Frame, Hello, Role, Subscribe, SubscribeEntry};
 
 fn outbox(c: &mut Criterion) {
@@ -59,9 +60,17 @@ fn outbox(c: &mut Criterion) {
     g.finish();
 }
 
-struct NullBus;
-impl Bus for NullBus {
-    fn publish(&self, _msg: UpdateMsg) {}
+/// Sends everything the shard has to send, completing each send at once.
+fn flush(core: &mut Shard, now: Now, out: &mut Vec<Bytes>) -> usize {
+    let mut sent = Vec::new();
+    while let Some(t) = core.poll_transmit(now, out) {
+        out.clear();
+        sent.push(t);
+    }
+    for &t in &sent {
+        core.handle(Input::SendDone(t), now);
+    }
+    sent.len()
 }
 
 fn fanout(c: &mut Criterion) {
@@ -71,7 +80,7 @@ fn fanout(c: &mut Criterion) {
         max_connections: N as usize + 1,
         ..CoreConfig::default()
     });
-    let mut core = ShardCore::new(cfg, registry.clone(), Arc::new(NullBus), 1);
+    let mut core = Shard::new(cfg, registry.clone(), 1);
     let now = Now { ms: 1, unix_us: 1 };
     let mut hs = Vec::new();
     hs.extend_from_slice(
@@ -96,19 +105,19 @@ fn fanout(c: &mut Criterion) {
         .to_bytes()
         .unwrap(),
     );
-    let mut ready = Vec::new();
     let mut out = Vec::new();
     for slot in 0..N {
-        core.open(slot, now);
-        core.on_bytes(slot, &hs, now);
+        core.handle(Input::Accepted { slot }, now);
+        let mut token: Option<Token> = None;
+        while let Some(o) = core.poll_output() {
+            if let Output::ArmRecv(t) = o {
+                token = Some(t);
+            }
+        }
+        core.handle(Input::Received(token.expect("armed"), &hs), now);
     }
     // Drain WELCOME/SUBACK so every outbox starts empty.
-    core.take_ready(&mut ready);
-    for &slot in &ready {
-        out.clear();
-        core.take_send(slot, &mut out, now);
-        core.on_send_done(slot, now);
-    }
+    flush(&mut core, now, &mut out);
     let topic = registry.get_or_create("m").unwrap();
     let frame: Bytes = encode_update(topic.id, 1, 0, 0, &[0u8; 64]);
     let mut seq = 0;
@@ -126,15 +135,8 @@ fn fanout(c: &mut Criterion) {
                 }
             },
             |msg| {
-                core.on_update(&msg, now);
-                ready.clear();
-                core.take_ready(&mut ready);
-                for &slot in &ready {
-                    out.clear();
-                    core.take_send(slot, &mut out, now);
-                    core.on_send_done(slot, now);
-                }
-                ready.len()
+                core.handle(Input::Update(&msg), now);
+                flush(&mut core, now, &mut out)
             },
             BatchSize::SmallInput,
         )

@@ -697,66 +697,64 @@ impl Worker {
         match ud.op {
             Op::Recv => {
                 let current = i < self.conns.len() && self.conns[i].generation == ud.generation;
-                if let Some(bid) = c.buffer_id() {
-                    if current && c.result > 0 {
-                        let now = unix_us();
+                // Parse while the ring lends the buffer; act on the events after it went back.
+                let parsed = match self.ring.take_buffer(c) {
+                    Some(buf) if current && c.result > 0 => {
                         self.scratch.clear();
                         let mut scratch = std::mem::take(&mut self.scratch);
                         let payload = self.cfg.payload;
-                        let r = self.conns[i].parser.feed(
-                            self.ring.buffer(bid, c.result as usize),
-                            &mut |e| {
-                                scratch.push(match e {
-                                    Event::Update {
-                                        topic_id,
-                                        seq,
-                                        flags,
-                                        payload: p,
-                                    } => {
-                                        let (ts, index) = payload_stamp(payload, p);
-                                        Ev::Update {
-                                            id: topic_id,
-                                            seq,
-                                            flags,
-                                            ts,
-                                            index,
-                                        }
-                                    }
-                                    Event::Welcome { epoch, .. } => Ev::Welcome { epoch },
-                                    Event::SubAck { topic_id, seq, ok } => Ev::SubAck {
+                        let r = self.conns[i].parser.feed(&buf, &mut |e| {
+                            scratch.push(match e {
+                                Event::Update {
+                                    topic_id,
+                                    seq,
+                                    flags,
+                                    payload: p,
+                                } => {
+                                    let (ts, index) = payload_stamp(payload, p);
+                                    Ev::Update {
                                         id: topic_id,
                                         seq,
-                                        ok,
-                                    },
-                                    Event::GoAway { reconnect_after_ms } => Ev::GoAway {
-                                        ms: reconnect_after_ms,
-                                    },
-                                    Event::Error { code } => Ev::Error { code },
-                                    Event::Other => return,
-                                })
-                            },
-                        );
-                        self.ring.recycle(bid);
-                        if let Some(reply) = self.conns[i].parser.take_reply() {
-                            let ud =
-                                UserData::new(Op::Send, i as u32, self.conns[i].generation).pack();
-                            if !self.ring.send_in_flight(i as u32) {
-                                self.ring
-                                    .send(i as u32, ud, |f| f.push(Bytes::from_static(reply)))?;
-                            }
+                                        flags,
+                                        ts,
+                                        index,
+                                    }
+                                }
+                                Event::Welcome { epoch, .. } => Ev::Welcome { epoch },
+                                Event::SubAck { topic_id, seq, ok } => Ev::SubAck {
+                                    id: topic_id,
+                                    seq,
+                                    ok,
+                                },
+                                Event::GoAway { reconnect_after_ms } => Ev::GoAway {
+                                    ms: reconnect_after_ms,
+                                },
+                                Event::Error { code } => Ev::Error { code },
+                                Event::Other => return,
+                            })
+                        });
+                        Some((r, scratch))
+                    }
+                    _ => None,
+                };
+                if let Some((r, mut scratch)) = parsed {
+                    let now = unix_us();
+                    if let Some(reply) = self.conns[i].parser.take_reply() {
+                        let ud = UserData::new(Op::Send, i as u32, self.conns[i].generation).pack();
+                        if !self.ring.send_in_flight(i as u32) {
+                            self.ring
+                                .send(i as u32, ud, |f| f.push(Bytes::from_static(reply)))?;
                         }
-                        for e in scratch.drain(..) {
-                            self.on_event(i, e, now)?;
-                        }
-                        self.scratch = scratch;
-                        if r.is_err() {
-                            // Code 0: the stream did not parse (a refusal such as Redis'
-                            // -DENIED, or garbage). Reconnect after a pause.
-                            self.count_error(0);
-                            self.close(i, 1000)?;
-                        }
-                    } else {
-                        self.ring.recycle(bid);
+                    }
+                    for e in scratch.drain(..) {
+                        self.on_event(i, e, now)?;
+                    }
+                    self.scratch = scratch;
+                    if r.is_err() {
+                        // Code 0: the stream did not parse (a refusal such as Redis'
+                        // -DENIED, or garbage). Reconnect after a pause.
+                        self.count_error(0);
+                        self.close(i, 1000)?;
                     }
                 }
                 if !current {
@@ -910,9 +908,7 @@ impl Worker {
                 if let Some(ud) = UserData::unpack(c.user_data) {
                     match ud.op {
                         Op::Recv => {
-                            if let Some(bid) = c.buffer_id() {
-                                self.ring.recycle(bid);
-                            }
+                            drop(self.ring.take_buffer(c));
                             if !c.more() || self.conns[ud.slot as usize].slow {
                                 self.conns[ud.slot as usize].recv_armed = false;
                             }

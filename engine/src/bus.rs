@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crossbeam_queue::SegQueue;
 use yorker_uring::EventFd;
 
-use crate::core::{Bus, UpdateMsg};
+use crate::proto::UpdateMsg;
 use crate::relay::origin::FeedTap;
 
 /// One shard's inbound side.
@@ -80,8 +80,10 @@ impl ShardBus {
     }
 }
 
-impl Bus for ShardBus {
-    fn publish(&self, msg: UpdateMsg) {
+impl ShardBus {
+    /// Delivers `msg` to every shard (the publishing shard included), and to the tap. Called
+    /// with the topic locked, so it only enqueues and wakes, never blocks.
+    pub fn publish(&self, msg: UpdateMsg) {
         if let Some(t) = &self.tap {
             t.offer(&msg);
         }

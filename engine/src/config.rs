@@ -4,9 +4,9 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use clap::{Args, ValueEnum};
 
-use crate::core::auth::{parse_patterns, KeySpec, Policy, TokenVerifier};
-use crate::core::topic::RegistryLimits;
-use crate::core::{CoreConfig, SlowPolicy};
+use crate::proto::auth::{parse_patterns, KeySpec, Policy, TokenVerifier};
+use crate::proto::registry::RegistryLimits;
+use crate::proto::{CoreConfig, SlowPolicy};
 use crate::relay::receiver::ReceiverConfig;
 use crate::relay::MulticastOut;
 use crate::server::ServerConfig;
@@ -154,6 +154,10 @@ pub struct ServeArgs {
     /// Submission queue entries per core.
     #[arg(long, env = "YORKER_SQ_ENTRIES", default_value_t = 4096)]
     pub sq_entries: u32,
+    /// Gathered sends a core submits at most before it looks at its completions again (bounds
+    /// how long inbound traffic waits during a big fan-out).
+    #[arg(long, env = "YORKER_SENDS_PER_ROUND", default_value_t = 1024)]
+    pub sends_per_round: usize,
     /// Seconds between one-line stats on stderr; 0 turns them off.
     #[arg(long, env = "YORKER_STATS_INTERVAL", default_value_t = 5)]
     pub stats_interval: u64,
@@ -415,6 +419,10 @@ impl ServeArgs {
             "--max-topics out of range",
         )?;
         check(
+            (1..=65_536).contains(&self.sends_per_round),
+            "--sends-per-round must be between 1 and 65536",
+        )?;
+        check(
             self.sq_entries.is_power_of_two() && (64..=32768).contains(&self.sq_entries),
             "--sq-entries must be a power of two between 64 and 32768",
         )?;
@@ -542,6 +550,7 @@ impl ServeArgs {
             recv_buffers: self.recv_buffers,
             recv_buffer_size: self.recv_buffer_size,
             sq_entries: self.sq_entries,
+            sends_per_round: self.sends_per_round,
             multicast,
         })
     }

@@ -6,17 +6,18 @@ use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use yorker_uring::RingConfig;
 
 use crate::bus::ShardBus;
-use crate::core::topic::RegistryLimits;
-use crate::core::{CoreConfig, CoreStats, Registry, ShardCore};
+use crate::driver::{self, ShardSetup};
+use crate::proto::registry::Registry;
+use crate::proto::registry::RegistryLimits;
+use crate::proto::{CoreConfig, CoreStats, Shard};
 use crate::relay::origin::Origin;
 use crate::relay::{FeedStats, Injector, MulticastOut};
-use crate::shard::{self, ShardSetup};
 use crate::stats::{self, SharedStats};
 
 /// Everything needed to start an engine.
@@ -40,6 +41,9 @@ pub struct ServerConfig {
     pub recv_buffer_size: u32,
     /// Submission queue size per shard.
     pub sq_entries: u32,
+    /// Gathered sends a shard submits at most between two looks at its completions (bounds
+    /// how long inbound traffic waits during a big fan-out).
+    pub sends_per_round: usize,
     /// Multicast every update to relays (origin side of docs/RELAYS.md).
     pub multicast: Option<MulticastOut>,
 }
@@ -56,6 +60,7 @@ impl Default for ServerConfig {
             recv_buffers: 2048,
             recv_buffer_size: 2048,
             sq_entries: 4096,
+            sends_per_round: 1024,
             multicast: None,
         }
     }
@@ -272,22 +277,22 @@ impl Server {
                     buf_entries: cfg.recv_buffers,
                     buf_size: cfg.recv_buffer_size,
                 },
-                tick: tick_for(&core_cfg),
                 inbox: bus.inbox(id),
+                bus: bus.clone(),
                 stats: st,
                 shutdown: shutdown.clone(),
                 epoch_instant,
+                sends_per_round: cfg.sends_per_round,
             };
-            let core = ShardCore::new(
+            let core = Shard::new(
                 core_cfg.clone(),
                 registry.clone(),
-                bus.clone(),
-                epoch ^ (id as u64 + 1) << 32,
+                epoch ^ ((id as u64 + 1) << 32),
             );
             let (tx, rx) = std::sync::mpsc::channel();
             let t = std::thread::Builder::new()
                 .name(format!("yorker-shard-{id}"))
-                .spawn(move || shard::run(setup, core, tx))?;
+                .spawn(move || driver::run(setup, core, tx))?;
             server.threads.push(t);
             match rx.recv() {
                 Ok(Ok(())) => {}
@@ -435,14 +440,4 @@ fn new_epoch() -> u64 {
             | 1;
     }
     u64::from_be_bytes(b).max(1)
-}
-
-/// The timer tick: a quarter of the shortest timeout, between 5 ms and 250 ms.
-fn tick_for(c: &CoreConfig) -> Duration {
-    let shortest = c
-        .handshake_timeout_ms
-        .min(c.heartbeat_ms)
-        .min(c.write_timeout_ms)
-        .min(c.drain_ms.max(1));
-    Duration::from_millis((shortest / 4).clamp(5, 250))
 }

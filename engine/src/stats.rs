@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::core::CoreStats;
+use crate::proto::CoreStats;
 
 macro_rules! shared_stats {
     ($($field:ident),* $(,)?) => {

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use yorker_engine::core::SlowPolicy;
+use yorker_engine::proto::SlowPolicy;
 use yorker_wire::*;
 
 const T: Duration = Duration::from_secs(10);

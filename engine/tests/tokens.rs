@@ -10,7 +10,7 @@ use std::time::Duration;
 use base64::Engine;
 use common::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use yorker_engine::core::auth::{KeySpec, Policy, TokenVerifier};
+use yorker_engine::proto::auth::{KeySpec, Policy, TokenVerifier};
 use yorker_wire::*;
 
 const T: Duration = Duration::from_secs(10);

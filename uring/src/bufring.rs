@@ -113,14 +113,15 @@ impl BufRing {
 
     /// The first `len` bytes the kernel wrote into buffer `bid`.
     ///
-    /// Valid until [`BufRing::recycle`] hands the buffer back.
-    pub fn get(&self, bid: u16, len: usize) -> &[u8] {
+    /// # Safety
+    /// The kernel must have posted a completion naming `bid` (so it wrote these bytes), and the
+    /// buffer must not have been recycled since: after [`BufRing::recycle`] the kernel may
+    /// write into it at any time. [`crate::RecvBuf`] is the only caller and upholds this.
+    pub(crate) unsafe fn bytes(&self, bid: u16, len: usize) -> &[u8] {
         let bid = bid % self.entries;
         let len = len.min(self.buf_size as usize);
-        // SAFETY: `bid < entries`, so the range lies inside `bufs`. The kernel wrote these bytes
-        // before posting the completion that named `bid`, and does not touch this buffer again
-        // until `recycle(bid)` republishes it; the returned borrow of `self` prevents a recycle
-        // while the slice is alive.
+        // SAFETY: `bid < entries`, so the range lies inside `bufs`; the caller guarantees the
+        // kernel is done writing it and will not write it again while the slice lives.
         unsafe {
             std::slice::from_raw_parts(
                 self.bufs.ptr.add(bid as usize * self.buf_size as usize),
@@ -130,7 +131,7 @@ impl BufRing {
     }
 
     /// Returns buffer `bid` to the kernel.
-    pub fn recycle(&mut self, bid: u16) {
+    pub(crate) fn recycle(&mut self, bid: u16) {
         self.push(bid % self.entries);
         self.publish();
     }

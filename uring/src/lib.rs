@@ -4,14 +4,17 @@
 //! operation is in flight is owned here, so that no caller can free it early:
 //!
 //! * [`Ring`]: a `SINGLE_ISSUER | DEFER_TASKRUN` ring with a sparse fixed-file table (direct
-//!   descriptors), one timer, one eventfd read, and at most one gathered send per direct
-//!   descriptor, whose frames the ring holds until the send's completion.
-//! * [`BufRing`]: a provided-buffer ring for multishot receives (no per-connection buffer).
+//!   descriptors), one eventfd read, and at most one gathered send per direct descriptor, whose
+//!   frames the ring holds until the send's completion.
+//! * [`BufRing`]: a provided-buffer ring for multishot receives (no per-connection buffer); a
+//!   received buffer comes out as a [`RecvBuf`] guard that gives it back when dropped.
 //! * [`EventFd`]: the cross-thread doorbell.
 //! * [`UserData`]: how a completion names its operation.
 //!
 //! Callers build nothing by hand: every submission goes through a method that knows which memory
 //! the operation references.
+
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod bufring;
 mod eventfd;
@@ -21,7 +24,7 @@ mod user_data;
 
 pub use bufring::BufRing;
 pub use eventfd::EventFd;
-pub use ring::{Completion, Ring, RingConfig};
+pub use ring::{Completion, RecvBuf, Ring, RingConfig};
 pub use send::SendOutcome;
 pub use user_data::{Op, UserData};
 

@@ -60,6 +60,33 @@ impl Completion {
     }
 }
 
+/// A received buffer, lent by the kernel's provided-buffer ring: derefs to the bytes, and goes
+/// back to the kernel when dropped. It borrows the ring, so no buffer outlives its pool and no
+/// buffer can be recycled twice.
+#[derive(Debug)]
+pub struct RecvBuf<'a> {
+    bufs: &'a mut BufRing,
+    bid: u16,
+    len: usize,
+}
+
+impl std::ops::Deref for RecvBuf<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the kernel wrote `len` bytes into buffer `bid` before posting the completion
+        // that named it, and does not touch it again until `recycle` republishes it, which only
+        // happens in `drop` below; this guard is the only handle to `bid` (taken once per
+        // completion).
+        unsafe { self.bufs.bytes(self.bid, self.len) }
+    }
+}
+
+impl Drop for RecvBuf<'_> {
+    fn drop(&mut self) {
+        self.bufs.recycle(self.bid);
+    }
+}
+
 /// One io_uring with everything its in-flight operations reference.
 ///
 /// Field order matters for Drop: the buffer ring is unregistered explicitly in `Drop`, then the
@@ -73,8 +100,6 @@ pub struct Ring {
     // when it moves between the pool and `sends`.
     #[allow(clippy::vec_box)]
     pool: Vec<Box<SendOp>>,
-    timespec: Box<types::Timespec>,
-    timer_armed: bool,
     bell_buf: Box<[u8; 8]>,
     bell_armed: bool,
     files: u32,
@@ -131,8 +156,6 @@ impl Ring {
             bufs,
             sends,
             pool: Vec::new(),
-            timespec: Box::new(types::Timespec::new()),
-            timer_armed: false,
             bell_buf: Box::new([0; 8]),
             bell_armed: false,
             files: cfg.files,
@@ -251,19 +274,14 @@ impl Ring {
         unsafe { self.push(&e) }
     }
 
-    /// Bytes of a received buffer (see [`Completion::buffer_id`]).
-    pub fn buffer(&self, bid: u16, len: usize) -> &[u8] {
-        match &self.bufs {
-            Some(b) => b.get(bid, len),
-            None => &[],
-        }
-    }
-
-    /// Hands a received buffer back to the kernel.
-    pub fn recycle(&mut self, bid: u16) {
-        if let Some(b) = &mut self.bufs {
-            b.recycle(bid);
-        }
+    /// The provided buffer the kernel filled for completion `c`, if it picked one: a guard that
+    /// derefs to the received bytes and hands the buffer back to the kernel when dropped. Call
+    /// it once per completion (a completion names its buffer once).
+    pub fn take_buffer(&mut self, c: &Completion) -> Option<RecvBuf<'_>> {
+        let bid = c.buffer_id()?;
+        let bufs = self.bufs.as_mut()?;
+        let len = (c.result.max(0) as usize).min(bufs.buf_size() as usize);
+        Some(RecvBuf { bufs, bid, len })
     }
 
     /// Sends in flight on this ring (a gauge: returns to 0 once every send completed, which is
@@ -388,19 +406,6 @@ impl Ring {
         unsafe { self.push(&e) }
     }
 
-    /// Shuts the socket in `slot` down in both directions.
-    ///
-    /// Beware: the kernel runs shutdown in io-wq and resolves the slot only then, so if the slot
-    /// is closed and reused before it runs, it shuts down the *new* socket. Wait for this
-    /// operation's completion before closing the slot, or cancel operations by user_data instead.
-    pub fn shutdown(&mut self, slot: u32, user_data: u64) -> io::Result<()> {
-        let e = opcode::Shutdown::new(types::Fixed(slot), libc::SHUT_RDWR)
-            .build()
-            .user_data(user_data);
-        // SAFETY: references no memory.
-        unsafe { self.push(&e) }
-    }
-
     /// Closes direct descriptor `slot`, freeing the slot for a later accept. Call only once no
     /// operation on the slot is in flight.
     pub fn close(&mut self, slot: u32, user_data: u64) -> io::Result<()> {
@@ -409,26 +414,6 @@ impl Ring {
             .user_data(user_data);
         // SAFETY: references no memory.
         unsafe { self.push(&e) }
-    }
-
-    /// Arms the ring's one timer to fire once after `after`. Re-arm after each completion.
-    pub fn arm_timer(&mut self, after: Duration, user_data: u64) -> io::Result<()> {
-        if self.timer_armed {
-            return Err(io::Error::from_raw_os_error(libc::EBUSY));
-        }
-        *self.timespec = types::Timespec::from(after);
-        let e = opcode::Timeout::new(&*self.timespec as *const types::Timespec)
-            .build()
-            .user_data(user_data);
-        // SAFETY: the timespec is boxed in `self` and not rewritten while `timer_armed`.
-        unsafe { self.push(&e) }?;
-        self.timer_armed = true;
-        Ok(())
-    }
-
-    /// Records that the timer's completion arrived.
-    pub fn timer_fired(&mut self) {
-        self.timer_armed = false;
     }
 
     /// Arms an 8-byte read of the doorbell; its completion means somebody rang.

@@ -16,12 +16,8 @@ pub enum Op {
     Send = 3,
     /// Cancellation of another operation.
     Cancel = 4,
-    /// Shutdown of a direct descriptor.
-    Shutdown = 5,
     /// Close of a direct descriptor.
     Close = 6,
-    /// The periodic timer.
-    Timer = 7,
     /// Read of the doorbell eventfd.
     Doorbell = 8,
     /// Connect of a direct descriptor (clients).
@@ -35,9 +31,7 @@ impl Op {
             2 => Op::Recv,
             3 => Op::Send,
             4 => Op::Cancel,
-            5 => Op::Shutdown,
             6 => Op::Close,
-            7 => Op::Timer,
             8 => Op::Doorbell,
             9 => Op::Connect,
             _ => return None,

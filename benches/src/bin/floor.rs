@@ -230,9 +230,7 @@ fn main() -> std::io::Result<()> {
                 }
                 Op::Recv if ud.slot < pub_slot_base => {
                     // A subscriber's bytes (pings) are ignored; its EOF or error retires it.
-                    if let Some(bid) = c.buffer_id() {
-                        ring.recycle(bid);
-                    }
+                    drop(ring.take_buffer(c));
                     let i = ud.slot as usize;
                     if !c.more() {
                         if c.result > 0 || c.result == -libc::ENOBUFS {
@@ -247,11 +245,8 @@ fn main() -> std::io::Result<()> {
                 }
                 Op::Recv => {
                     let p = (ud.slot - pub_slot_base) as usize;
-                    if let Some(bid) = c.buffer_id() {
-                        publishers[p]
-                            .1
-                            .feed(ring.buffer(bid, c.result.max(0) as usize));
-                        ring.recycle(bid);
+                    if let Some(buf) = ring.take_buffer(c) {
+                        publishers[p].1.feed(&buf);
                     }
                     while let Ok(Some(f)) = publishers[p].1.next_frame() {
                         if let Frame::Publish(pb) = f {

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use yorker_wire::Update;
 
 use crate::bus::ShardBus;
-use crate::core::topic::{Applied, Topic, TopicLimit};
-use crate::core::{Bus, Registry};
+use crate::proto::registry::Registry;
+use crate::proto::registry::{Applied, Topic, TopicLimit};
 
 /// Settings of the origin's multicast feed (`yorker serve --multicast-out`).
 #[derive(Debug, Clone)]

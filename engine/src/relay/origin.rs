@@ -19,7 +19,8 @@ use yorker_wire::feed::{verify_nak, FeedHeader, Kind, NakError};
 
 use super::packer::{Packer, RetransmitRing};
 use super::{unix_us, FeedStats, MulticastOut};
-use crate::core::{Registry, UpdateMsg};
+use crate::proto::registry::Registry;
+use crate::proto::UpdateMsg;
 
 /// Updates queued between the shards and the sender thread at most. Beyond it the sender is
 /// hopelessly behind: updates are dropped and the relays are told by a hole in the sequence.

@@ -228,6 +228,11 @@ impl Outbox {
         taken
     }
 
+    /// True when the queue holds a buffer (empty or not).
+    pub fn holds_memory(&self) -> bool {
+        self.q.capacity() > 0
+    }
+
     /// Frees the queue's buffer when it is empty. Called for connections idle for a while, so
     /// that steady fan-out does not allocate per delivery while idle connections hold nothing.
     pub fn release_if_empty(&mut self) {
