@@ -9,6 +9,10 @@
 #                                            to /tmp/yorker-bench-quick, never over the
 #                                            committed ones)
 #        PHASES="rss" scripts/bench-fanout.sh   (only some of: burst rate rss)
+#        SERVERS="yorker-before yorker" BEFORE_BIN=/path/to/old/yorker NS_LIST=15000 RATE_NS_LIST=15000 \
+#          TARGETS_LIST="250000 500000" SIZES_LIST=64 PHASES="burst rate" scripts/bench-fanout.sh
+#                                           (some servers only, and another yorker build side by
+#                                            side: before/after ratios from one run)
 # Output: bench-results/fanout-<stamp>.jsonl, .md (table with ratios) and PNG plots.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +33,10 @@ trap cleanup EXIT
 
 if [ "${QUICK:-0}" = 1 ]; then NS=(1000); SIZES=(64); RATE_NS=(1000); TARGETS=(50000); BURSTS=10; RSS_N=2000
 else NS=(1000 5000 15000); SIZES=(64 256); RATE_NS=(5000 15000); TARGETS=(100000 250000 500000); BURSTS=30; RSS_N=15000; fi
+[ -n "${NS_LIST:-}" ] && read -r -a NS <<<"$NS_LIST"
+[ -n "${SIZES_LIST:-}" ] && read -r -a SIZES <<<"$SIZES_LIST"
+[ -n "${RATE_NS_LIST:-}" ] && read -r -a RATE_NS <<<"$RATE_NS_LIST"
+[ -n "${TARGETS_LIST:-}" ] && read -r -a TARGETS <<<"$TARGETS_LIST"
 
 need=()
 command -v mosquitto >/dev/null || need+=(mosquitto)
@@ -54,6 +62,7 @@ start_server() { # name port -> sets SERVER_PID
     floor-write|floor-uring|floor-gather)
       $pin $B/yorker-floor --mode "${name#floor-}" --listen 127.0.0.1:$port 2>"$WORK/server.log" & ;;
     yorker) $pin $B/yorker serve --listen 127.0.0.1:$port --cores 1 --publisher-key bench --stats-interval 0 2>"$WORK/server.log" & ;;
+    yorker-before) $pin "${BEFORE_BIN:?BEFORE_BIN=path of the other yorker build}" serve --listen 127.0.0.1:$port --cores 1 --publisher-key bench --stats-interval 0 2>"$WORK/server.log" & ;;
     yorker-2core) $B/yorker serve --listen 127.0.0.1:$port --cores 2 --publisher-key bench --stats-interval 0 2>"$WORK/server.log" & ;;
     mosquitto)
       printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_connections -1\nmax_queued_messages 1000000\n' "$port" > "$WORK/mosq.conf"
@@ -109,7 +118,7 @@ echo "fan-out benchmark $STAMP: $(nproc) cores, kernel $(uname -r); results in $
 PHASES=${PHASES:-burst rate rss}
 has() { case " $PHASES " in *" $1 "*) return 0;; *) return 1;; esac; }
 PORT=7900
-for server in floor-write floor-uring floor-gather yorker mosquitto nats redis yorker-2core; do
+for server in ${SERVERS:-floor-write floor-uring floor-gather yorker mosquitto nats redis yorker-2core}; do
   PORT=$((PORT + 1))
   echo "== $server"
   start_server $server $PORT
