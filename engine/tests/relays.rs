@@ -9,6 +9,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -31,112 +32,147 @@ struct Seen {
     resets: u64,
 }
 
-/// A subscriber to every topic of a list that checks, for every update: per-topic order
-/// (strictly increasing seq unless the update is flagged RESET), and on non-conflating
-/// subscriptions no gap at all (a skipped number without RESET would be a silent loss).
+/// A subscriber to every topic of a list, on the one client session of `yorker-wire`, that
+/// checks for every update: per-topic order (the session counts duplicates and steps back),
+/// and on non-conflating subscriptions no gap at all (a skipped number without RESET would be
+/// a silent loss).
 struct Checker {
-    c: Client,
+    stream: TcpStream,
+    cs: ClientSession,
     conflate: bool,
-    ids: HashMap<u32, String>,
+    topics: Vec<String>,
     seen: HashMap<String, Seen>,
     epoch: u64,
     name: String,
+    start: Instant,
+    /// SUBACK results of the current connection, by subscription.
+    results: Vec<Option<SubResult>>,
 }
 
 impl Checker {
     fn connect(addr: SocketAddr, topics: &[String], conflate: bool, name: &str) -> Checker {
-        let c = Client::connect(addr, Role::Subscriber);
-        let epoch = c.welcome.as_ref().unwrap().epoch;
-        let mut k = Checker {
-            c,
-            conflate,
-            ids: HashMap::new(),
-            seen: HashMap::new(),
-            epoch,
+        let mut cs = ClientSession::new(ClientConfig {
             name: name.into(),
+            ..ClientConfig::default()
+        });
+        for t in topics {
+            cs.subscribe(t, conflate);
+        }
+        let mut k = Checker {
+            stream: TcpStream::connect(addr).expect("connect"),
+            cs,
+            conflate,
+            topics: topics.to_vec(),
+            seen: HashMap::new(),
+            epoch: 0,
+            name: name.into(),
+            start: Instant::now(),
+            results: vec![None; topics.len()],
         };
-        k.subscribe(topics, None);
+        k.open();
         k
     }
 
-    /// Subscribes (or resumes from what this checker has seen, with `resume_epoch`).
-    fn subscribe(&mut self, topics: &[String], resume_epoch: Option<u64>) -> Vec<SubResult> {
-        let entries = topics
-            .iter()
-            .map(|t| SubscribeEntry {
-                topic: t.clone(),
-                resume: resume_epoch.map(|epoch| ResumeFrom {
-                    epoch,
-                    seq: self.seen.get(t).map(|s| s.seq).unwrap_or(0),
-                }),
-                conflate: self.conflate,
-            })
-            .collect();
-        let ack = self.c.subscribe_with(entries);
-        let mut results = Vec::new();
-        for (t, e) in topics.iter().zip(ack.entries) {
-            assert!(e.result.is_subscribed(), "{}: {t}: {e:?}", self.name);
-            self.ids.insert(e.topic_id, t.clone());
-            results.push(e.result);
-        }
-        results
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
     }
 
-    /// Moves to another engine and resumes every topic from the last seq seen.
-    fn reconnect(&mut self, addr: SocketAddr, topics: &[String]) -> Vec<SubResult> {
-        self.c = Client::connect(addr, Role::Subscriber);
-        let old_epoch = self.epoch;
-        self.epoch = self.c.welcome.as_ref().unwrap().epoch;
-        self.ids.clear();
-        self.subscribe(topics, Some(old_epoch))
+    /// Opens the session on the current stream and waits for every SUBACK.
+    fn open(&mut self) -> Vec<SubResult> {
+        self.stream.set_nodelay(true).unwrap();
+        assert!(self.cs.poll_connect(self.now()));
+        self.cs.on_connected(self.now());
+        self.results = vec![None; self.topics.len()];
+        assert!(
+            self.run_until(Duration::from_secs(10), |k| k
+                .results
+                .iter()
+                .all(|r| r.is_some())),
+            "{}: no SUBACK",
+            self.name
+        );
+        self.results.iter().map(|r| r.expect("answered")).collect()
     }
 
-    fn on_update(&mut self, u: Update) {
-        let Some(topic) = self.ids.get(&u.topic_id) else {
-            panic!("{}: update for unknown topic id {}", self.name, u.topic_id)
-        };
-        let s = self.seen.entry(topic.clone()).or_default();
-        let reset = u.flags & update_flags::RESET != 0;
-        let snapshot = u.flags & update_flags::SNAPSHOT != 0;
-        if reset {
-            s.resets += 1;
-        } else {
-            assert!(
-                u.seq > s.seq,
-                "{}: {topic}: seq {} after {} (a duplicate or a step back)",
-                self.name,
-                u.seq,
-                s.seq
-            );
-            if !self.conflate && !snapshot && s.seq != 0 {
+    /// Moves to another engine; the session resumes every topic from the last update held.
+    fn reconnect(&mut self, addr: SocketAddr, _topics: &[String]) -> Vec<SubResult> {
+        self.cs.reconnect_now(self.now());
+        while self.cs.poll_event().is_some() {}
+        self.stream = TcpStream::connect(addr).expect("connect");
+        self.open()
+    }
+
+    fn on_event(&mut self, ev: ClientEvent) -> bool {
+        match ev {
+            ClientEvent::Connected { epoch, .. } => self.epoch = epoch,
+            ClientEvent::Subscribed { index, result } => {
+                assert!(result.is_subscribed(), "{}: {:?}", self.name, result);
+                self.results[index] = Some(result);
+            }
+            ClientEvent::Update { index, update, .. } | ClientEvent::Reset { index, update } => {
+                let topic = &self.topics[index];
+                let s = self.seen.entry(topic.clone()).or_default();
+                if update.flags & update_flags::RESET != 0 {
+                    s.resets += 1;
+                }
+                s.seq = update.seq;
+                s.payload = update.payload.to_vec();
+                let sub = &self.cs.subscriptions()[index];
                 assert_eq!(
-                    u.seq,
-                    s.seq + 1,
-                    "{}: {topic}: gap without RESET on a non-conflating subscription",
+                    sub.duplicates, 0,
+                    "{}: {topic}: a duplicate or a step back",
                     self.name
                 );
+                if !self.conflate {
+                    assert_eq!(
+                        sub.gaps, 0,
+                        "{}: {topic}: gap without RESET on a non-conflating subscription",
+                        self.name
+                    );
+                }
             }
+            ClientEvent::Disconnected { .. } => return false,
+            ClientEvent::Unsubscribed(u) => {
+                panic!("{}: update for unknown topic id {}", self.name, u.topic_id)
+            }
+            _ => {}
         }
-        s.seq = u.seq;
-        s.payload = u.payload.to_vec();
+        true
     }
 
     /// Reads until `done` holds for this checker; false on timeout or connection loss.
     fn run_until(&mut self, limit: Duration, done: impl Fn(&Checker) -> bool) -> bool {
         let deadline = Instant::now() + limit;
+        let mut buf = vec![0u8; 65536];
         while !done(self) {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 return false;
             };
-            match self.c.next(left.min(Duration::from_millis(100))) {
-                Some(Frame::Update(u)) => self.on_update(u),
-                Some(Frame::Heartbeat) | Some(Frame::Pong { .. }) => {}
-                Some(Frame::GoAway(_)) => return false,
-                Some(other) => panic!("{}: unexpected {other:?}", self.name),
-                None => {
-                    if self.c.eof {
-                        return false;
-                    }
+            let out = self.cs.poll_transmit(self.now());
+            if !out.is_empty() && self.stream.write_all(&out).is_err() {
+                return false;
+            }
+            self.stream
+                .set_read_timeout(Some(
+                    left.clamp(Duration::from_millis(1), Duration::from_millis(100)),
+                ))
+                .unwrap();
+            match self.stream.read(&mut buf) {
+                Ok(0) => self.cs.on_disconnected(self.now()),
+                Ok(n) => self.cs.handle_bytes(&buf[..n], self.now()),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => self.cs.on_disconnected(self.now()),
+            }
+            if self.cs.poll_timeout().is_some_and(|t| t <= self.now()) {
+                self.cs.handle_timeout(self.now());
+            }
+            while let Some(ev) = self.cs.poll_event() {
+                if !self.on_event(ev) {
+                    return false;
                 }
             }
         }

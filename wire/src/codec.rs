@@ -313,6 +313,74 @@ pub fn decode_one(buf: &mut BytesMut, max_frame: u32) -> Result<Option<Frame>, D
     decode_body(body).map(Some)
 }
 
+/// Splits the whole frames at the front of `buf` without copying: calls `on` with each frame's
+/// body (type byte first) and returns the bytes consumed; an incomplete frame at the end is
+/// left for the next call. For receivers that must not allocate per frame (the load
+/// generator); [`Decoder`] is the general path.
+pub fn split_frames(
+    buf: &[u8],
+    max_frame: u32,
+    mut on: impl FnMut(&[u8]) -> Result<(), DecodeError>,
+) -> Result<usize, DecodeError> {
+    let mut pos = 0;
+    while buf.len() - pos >= LENGTH_PREFIX {
+        let len = u32::from_be_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]);
+        if len == 0 {
+            return Err(DecodeError::EmptyFrame);
+        }
+        if len > max_frame {
+            return Err(DecodeError::FrameTooLarge {
+                len,
+                max: max_frame,
+            });
+        }
+        let end = pos + LENGTH_PREFIX + len as usize;
+        if buf.len() < end {
+            break;
+        }
+        on(&buf[pos + LENGTH_PREFIX..end])?;
+        pos = end;
+    }
+    Ok(pos)
+}
+
+/// A zero-copy view of an UPDATE frame's body (type byte first): the fields without parsing
+/// the rest of the frame or allocating.
+#[derive(Debug, Clone, Copy)]
+pub struct UpdateView<'a>(&'a [u8]);
+
+impl<'a> UpdateView<'a> {
+    /// The view, when `body` is a well-formed UPDATE body.
+    pub fn parse(body: &'a [u8]) -> Option<Self> {
+        (body.first() == Some(&frame_type::UPDATE)
+            && body.len() >= UPDATE_HEADER_LEN - LENGTH_PREFIX)
+            .then_some(UpdateView(body))
+    }
+    fn u64_at(&self, at: usize) -> u64 {
+        u64::from_be_bytes(self.0[at..at + 8].try_into().expect("8 bytes"))
+    }
+    /// Topic id.
+    pub fn topic_id(&self) -> u32 {
+        u32::from_be_bytes(self.0[1..5].try_into().expect("4 bytes"))
+    }
+    /// Sequence number.
+    pub fn seq(&self) -> u64 {
+        self.u64_at(5)
+    }
+    /// Server timestamp, µs since the Unix epoch.
+    pub fn timestamp_us(&self) -> u64 {
+        self.u64_at(13)
+    }
+    /// [`update_flags`].
+    pub fn flags(&self) -> u8 {
+        self.0[21]
+    }
+    /// The payload.
+    pub fn payload(&self) -> &'a [u8] {
+        &self.0[UPDATE_HEADER_LEN - LENGTH_PREFIX..]
+    }
+}
+
 /// Decodes a frame from its type byte and body (no length prefix).
 pub fn decode_body(mut b: Bytes) -> Result<Frame, DecodeError> {
     let t = b.get_u8();
@@ -616,6 +684,38 @@ mod tests {
             d.next_frame(),
             Err(DecodeError::TrailingBytes { extra: 1, .. })
         ));
+    }
+
+    #[test]
+    fn update_view_reads_what_the_decoder_reads() {
+        let f = encode_update(7, 99, 1234, update_flags::URGENT, b"payload");
+        let mut seen = 0;
+        let used = split_frames(&f, DEFAULT_MAX_FRAME, |body| {
+            let v = UpdateView::parse(body).expect("an UPDATE");
+            let Frame::Update(u) = decode_body(Bytes::copy_from_slice(body)).unwrap() else {
+                panic!()
+            };
+            assert_eq!(
+                (
+                    v.topic_id(),
+                    v.seq(),
+                    v.timestamp_us(),
+                    v.flags(),
+                    v.payload()
+                ),
+                (u.topic_id, u.seq, u.timestamp_us, u.flags, &u.payload[..])
+            );
+            seen += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((used, seen), (f.len(), 1));
+        assert_eq!(
+            split_frames(&f[..f.len() - 1], DEFAULT_MAX_FRAME, |_| Ok(())),
+            Ok(0)
+        );
+        assert!(UpdateView::parse(&[frame_type::UPDATE, 1, 2]).is_none());
+        assert!(split_frames(&[0, 0, 0, 0], 10, |_| Ok(())).is_err());
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! Bytes go in, typed [`Frame`]s come out, and frames encode into a [`bytes::BytesMut`].
 //!
 //! * [`frame`]: one type per frame, and the constants of the protocol.
+//! * [`client`]: the client side as one sans-IO session (handshake, resume, gaps, keep-alive,
+//!   reconnect backoff); every yorker client wraps it.
 //! * [`codec`]: encoding, and the incremental [`Decoder`] that accepts any chunking.
 //! * [`error`]: [`DecodeError`], [`EncodeError`] and the [`ErrorCode`]s that travel on the wire.
 //! * [`topic`]: the topic-name rules.
@@ -16,6 +18,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod codec;
 pub mod error;
 pub mod feed;
@@ -23,6 +26,7 @@ pub mod frame;
 pub mod score;
 pub mod topic;
 
-pub use codec::{encode_update, Decoder};
+pub use client::{ClientConfig, ClientEvent, ClientSession, Disconnect, Subscription};
+pub use codec::{encode_update, split_frames, Decoder, UpdateView};
 pub use error::{DecodeError, EncodeError, ErrorCode};
 pub use frame::*;

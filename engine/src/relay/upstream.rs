@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use yorker_wire::{
-    frame::HANDSHAKE_MAX_FRAME, Decoder, ErrorCode, Frame, Hello, Role, PROTOCOL_VERSION,
+    ClientConfig, ClientEvent, ClientSession, Disconnect, ErrorCode, Role, PROTOCOL_VERSION,
 };
 
 use super::{unix_us, Injector};
@@ -93,7 +93,8 @@ pub(crate) fn resolve(addr: &str) -> io::Result<SocketAddr> {
 
 /// One session: connect, HELLO as a relay, apply the snapshot; `on_synced` is called at SYNCED.
 /// With `follow` false it returns right after; otherwise it applies live updates until the
-/// connection ends or `stop` is set.
+/// connection ends or `stop` is set. The protocol is the one client session of `yorker-wire`
+/// ([`ClientSession`]); this function only moves bytes and applies what it reports.
 pub fn session(
     cfg: &UpstreamConfig,
     injector: &Injector,
@@ -108,31 +109,24 @@ pub fn session(
     let sa = resolve(&cfg.addr).map_err(io_err)?;
     let mut s = TcpStream::connect_timeout(&sa, cfg.connect_timeout).map_err(io_err)?;
     s.set_nodelay(true).map_err(io_err)?;
-    // Short reads let the loop see `stop` and send its PINGs.
+    // Short reads let the loop see `stop` and the session's timers.
     s.set_read_timeout(Some(Duration::from_millis(200)))
         .map_err(io_err)?;
-    let hello = Frame::Hello(Hello {
-        version: PROTOCOL_VERSION,
+    let start = Instant::now();
+    let now = || start.elapsed().as_millis() as u64;
+    let mut cs = ClientSession::new(ClientConfig {
+        name: "yorker-relay".into(),
         role: Role::Relay,
-        client_name: "yorker-relay".into(),
         token: cfg.key.clone().unwrap_or_default(),
-    })
-    .to_bytes()
-    .map_err(|e| UpstreamError::Protocol {
-        addr: cfg.addr.clone(),
-        why: e.to_string(),
-    })?;
-    s.write_all(&hello).map_err(io_err)?;
-
-    let mut dec = Decoder::new(HANDSHAKE_MAX_FRAME);
+        version: PROTOCOL_VERSION,
+        // No WELCOME within this time (a dead process's queue, a wrong service): give up.
+        handshake_timeout_ms: cfg.connect_timeout.as_millis() as u64,
+        ..ClientConfig::default()
+    });
+    cs.poll_connect(now());
+    cs.on_connected(now());
     // None: over this relay's topic cap; its updates are dropped (and counted).
     let mut topics: HashMap<u32, Option<Arc<Topic>>> = HashMap::new();
-    let mut ping_every = Duration::from_secs(5);
-    let mut last_ping = Instant::now();
-    // No WELCOME within the handshake time, or three heartbeat intervals of silence after it:
-    // the upstream is gone (or the connection landed in a dead listener's queue), reconnect.
-    let mut silence_limit = cfg.connect_timeout;
-    let mut last_rx = Instant::now();
     let mut buf = vec![0u8; 256 * 1024];
     let proto = |why: String| UpstreamError::Protocol {
         addr: cfg.addr.clone(),
@@ -142,61 +136,36 @@ pub fn session(
         if stop.load(Ordering::Acquire) {
             return Err(UpstreamError::Stopped);
         }
-        if last_rx.elapsed() > silence_limit {
-            return Err(io_err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("nothing received for {silence_limit:?}"),
-            )));
+        let out = cs.poll_transmit(now());
+        if !out.is_empty() {
+            s.write_all(&out).map_err(io_err)?;
         }
-        if last_ping.elapsed() >= ping_every {
-            let ping = Frame::Ping { nonce: unix_us() }
-                .to_bytes()
-                .expect("ping encodes");
-            s.write_all(&ping).map_err(io_err)?;
-            last_ping = Instant::now();
+        if cs.poll_timeout().is_some_and(|t| t <= now()) {
+            cs.handle_timeout(now());
         }
         match s.read(&mut buf) {
-            Ok(0) => {
-                return Err(io_err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed",
-                )))
-            }
-            Ok(n) => {
-                last_rx = Instant::now();
-                dec.feed(&buf[..n])
-            }
+            Ok(0) => cs.on_disconnected(now()),
+            Ok(n) => cs.handle_bytes(&buf[..n], now()),
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
             Err(e) => return Err(io_err(e)),
         }
-        loop {
-            let frame = match dec.next_frame() {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => return Err(proto(e.to_string())),
-            };
-            match frame {
-                Frame::Welcome(w) => {
-                    dec.set_max_frame(w.limits.max_frame);
-                    let hb = Duration::from_millis((w.heartbeat_ms as u64).max(100));
-                    ping_every = hb / 2;
-                    silence_limit = hb * 3;
+        while let Some(ev) = cs.poll_event() {
+            match ev {
+                ClientEvent::Connected { epoch, .. } => {
                     // Numbers from now on are the upstream's: adopt its epoch first, so that a
                     // restart shows as SNAPSHOT|RESET on every topic.
-                    injector.registry().adopt_epoch(w.epoch);
+                    injector.registry().adopt_epoch(epoch);
                 }
-                Frame::Topic { topic_id, name } => {
-                    topics.insert(topic_id, injector.topic(&name).ok());
+                ClientEvent::Topic { id, name } => {
+                    topics.insert(id, injector.topic(&name).ok());
                 }
-                Frame::Update(u) => match topics.get(&u.topic_id) {
+                ClientEvent::Unsubscribed(u) => match topics.get(&u.topic_id) {
                     Some(Some(t)) => {
                         injector.apply(t, &u, unix_us());
                     }
@@ -208,7 +177,7 @@ pub fn session(
                         )))
                     }
                 },
-                Frame::Synced {
+                ClientEvent::Synced {
                     topics: n,
                     epoch,
                     feed_seq,
@@ -223,26 +192,34 @@ pub fn session(
                         return Ok(s);
                     }
                 }
-                Frame::Heartbeat | Frame::Pong { .. } => {}
-                Frame::Error(e) => {
-                    return Err(UpstreamError::Refused {
-                        addr: cfg.addr.clone(),
-                        code: e.code,
-                        name: ErrorCode::from_u16(e.code)
-                            .map(|c| c.name())
-                            .unwrap_or("unknown"),
-                        message: e.message,
-                    })
+                ClientEvent::Disconnected { reason, .. } => {
+                    return Err(match reason {
+                        Disconnect::GoAway { after_ms, .. } => UpstreamError::GoAway {
+                            addr: cfg.addr.clone(),
+                            after_ms,
+                        },
+                        Disconnect::Error { code, message } => UpstreamError::Refused {
+                            addr: cfg.addr.clone(),
+                            code,
+                            name: ErrorCode::from_u16(code)
+                                .map(|c| c.name())
+                                .unwrap_or("unknown"),
+                            message,
+                        },
+                        Disconnect::Protocol(why) => proto(why),
+                        Disconnect::HandshakeTimeout | Disconnect::ServerSilent => {
+                            io_err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                format!("nothing received in time ({reason:?})"),
+                            ))
+                        }
+                        _ => io_err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "connection closed",
+                        )),
+                    });
                 }
-                Frame::GoAway(g) => {
-                    return Err(UpstreamError::GoAway {
-                        addr: cfg.addr.clone(),
-                        after_ms: g.reconnect_after_ms,
-                    })
-                }
-                other => {
-                    return Err(proto(format!("unexpected {}", other.name())));
-                }
+                _ => {}
             }
         }
     }
