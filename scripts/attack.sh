@@ -13,7 +13,7 @@ ATTACKS=${ATTACKS:-"relay-hellos subscribe-flood drip garbage reconnect-storm"}
 SECONDS_EACH=${SECONDS_EACH:-10}
 OUT=${OUT:-bench-results/attacks.jsonl}
 PORT=${PORT:-7450}
-cargo build --release -q -p yorker-engine -p yorker-sim
+cargo build --release -q -p yorker -p yorker-sim
 BIN=target/release
 mkdir -p "$(dirname "$OUT")"
 fail=0

@@ -49,7 +49,7 @@ if [ ${#need[@]} -gt 0 ]; then
   # Debian starts the services it installs; this benchmark starts its own.
   pkill -x mosquitto || true; pkill -x redis-server || true; pkill -x nats-server || true
 fi
-cargo build --release -q -p yorker-engine -p yorker-sim -p yorker-benches
+cargo build --release -q -p yorker -p yorker-sim -p yorker-benches
 B=target/release
 SIM="$B/yorker-sim"
 BASE=40 # source address 127.0.0.<BASE>, a fresh one per run (ports linger in TIME_WAIT)

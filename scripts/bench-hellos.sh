@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 SECONDS_EACH=${SECONDS_EACH:-8}
 OUT=${OUT:-bench-results/hellos.jsonl}
 PORT=${PORT:-7470}
-cargo build --release -q -p yorker-engine -p yorker-sim
+cargo build --release -q -p yorker -p yorker-sim
 BIN=target/release
 KEYS=$(mktemp -d)
 trap 'rm -rf "$KEYS"' EXIT

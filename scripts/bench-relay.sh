@@ -31,7 +31,7 @@ cpu_origin=0
 cpu_rest=$((ncpu > 1 ? 1 : 0))
 
 if [ -z "${YORKER_IN_NETNS:-}" ]; then
-  cargo build --release --locked -p yorker-engine -p yorker-sim >&2
+  cargo build --release --locked -p yorker -p yorker-sim >&2
   if [ "$(id -u)" = 0 ]; then ns=(unshare --net); else ns=(unshare --map-root-user --net); fi
   exec "${ns[@]}" env YORKER_IN_NETNS=1 bash "$0" "$@"
 fi

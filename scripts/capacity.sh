@@ -19,7 +19,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release -q -p yorker-engine -p yorker-sim
+cargo build --release -q -p yorker -p yorker-sim
 Y=target/release/yorker
 S=target/release/yorker-sim
 

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use yorker_engine::config::ServeArgs;
+use yorker::config::ServeArgs;
 use yorker_sim::{attack, bench, cmd, demo, token, watch};
 
 /// yorker-sim: simulated game clients, a simulated match feed, benchmarks and the demo.
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => demo::run(&a),
         Command::Attack(a) => attack::run(&a),
         Command::Token(a) => token::run(&a),
-        Command::Serve(a) => return yorker_engine::cli::serve(*a),
+        Command::Serve(a) => return yorker::cli::serve(*a),
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),

@@ -9,7 +9,13 @@ use crossbeam_queue::SegQueue;
 use yorker_uring::EventFd;
 
 use crate::proto::UpdateMsg;
-use crate::relay::origin::FeedTap;
+
+/// Something that sees every update as the shards get it: the origin's multicast feed
+/// (`relay::origin`). It is called with the topic locked, so it must only enqueue.
+pub trait Tap: Send + Sync + std::fmt::Debug {
+    /// One update, in the order the shards see it.
+    fn offer(&self, msg: &UpdateMsg);
+}
 
 /// One shard's inbound side.
 #[derive(Debug)]
@@ -49,12 +55,12 @@ impl Inbox {
 #[derive(Debug)]
 pub struct ShardBus {
     inboxes: Vec<Arc<Inbox>>,
-    tap: Option<Arc<FeedTap>>,
+    tap: Option<Arc<dyn Tap>>,
 }
 
 impl ShardBus {
     /// A bus for `shards` shards; `tap` also gets every update (the origin's multicast feed).
-    pub fn new(shards: usize, tap: Option<Arc<FeedTap>>) -> std::io::Result<Self> {
+    pub fn new(shards: usize, tap: Option<Arc<dyn Tap>>) -> std::io::Result<Self> {
         let inboxes = (0..shards)
             .map(|_| {
                 Ok(Arc::new(Inbox {

@@ -1,6 +1,6 @@
 //! # yorker-engine
 //!
-//! The push engine behind the `yorker` binary. Thread-per-core: each shard thread owns an
+//! The push engine behind the `yorker` binary (package `yorker`; relays are `yorker-relay`). Thread-per-core: each shard thread owns an
 //! io_uring, a SO_REUSEPORT listener, its connections and its subscriber index. Every decision
 //! lives in the sans-IO [`proto`] layer; the [`driver`] only moves bytes and completions
 //! between the kernel and it.
@@ -10,12 +10,9 @@
 #![warn(missing_docs)]
 
 pub mod bus;
-pub mod cli;
-pub mod config;
 pub mod driver;
 pub mod proto;
-pub mod relay;
 pub mod server;
 pub mod stats;
 
-pub use server::{Server, ServerConfig, StartError, Totals};
+pub use server::{ConfigError, Server, ServerConfig, StartError, Totals};

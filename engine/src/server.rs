@@ -16,8 +16,6 @@ use crate::driver::{self, ShardSetup};
 use crate::proto::registry::Registry;
 use crate::proto::registry::RegistryLimits;
 use crate::proto::{CoreConfig, CoreStats, Shard};
-use crate::relay::origin::Origin;
-use crate::relay::{FeedStats, Injector, MulticastOut};
 use crate::stats::{self, SharedStats};
 
 /// Everything needed to start an engine.
@@ -44,8 +42,9 @@ pub struct ServerConfig {
     /// Gathered sends a shard submits at most between two looks at its completions (bounds
     /// how long inbound traffic waits during a big fan-out).
     pub sends_per_round: usize,
-    /// Multicast every update to relays (origin side of docs/RELAYS.md).
-    pub multicast: Option<MulticastOut>,
+    /// Also hand every update to this tap as the shards get it (an origin's multicast feed,
+    /// `yorker-relay`).
+    pub tap: Option<Arc<dyn crate::bus::Tap>>,
 }
 
 impl Default for ServerConfig {
@@ -61,8 +60,159 @@ impl Default for ServerConfig {
             recv_buffer_size: 2048,
             sq_entries: 4096,
             sends_per_round: 1024,
-            multicast: None,
+            tap: None,
         }
+    }
+}
+
+/// A setting out of range, found by [`ServerConfig::validate`] (the CLI and configurations
+/// built in code get the same checks).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+#[error("{setting} {problem}")]
+pub struct ConfigError {
+    /// The setting, named as its command-line flag.
+    pub setting: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+fn need(ok: bool, setting: &'static str, problem: impl Into<String>) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError {
+            setting,
+            problem: problem.into(),
+        })
+    }
+}
+
+impl ServerConfig {
+    /// Checks every setting and their relations; [`Server::start`] refuses a configuration
+    /// that fails.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.core;
+        let r = &self.registry;
+        need(
+            (1..=1024).contains(&self.cores),
+            "--cores",
+            "must be between 1 and 1024",
+        )?;
+        need(
+            (4096..=yorker_wire::MAX_MAX_FRAME).contains(&c.max_frame),
+            "--max-frame",
+            "must be between 4096 and 16777216",
+        )?;
+        need(
+            c.heartbeat_ms >= 100,
+            "--heartbeat-ms",
+            "must be at least 100",
+        )?;
+        need(
+            c.handshake_timeout_ms >= 10,
+            "--handshake-timeout-ms",
+            "must be at least 10",
+        )?;
+        need(
+            c.write_timeout_ms >= 10,
+            "--write-timeout-ms",
+            "must be at least 10",
+        )?;
+        need(
+            c.max_connections >= 1,
+            "--max-conns-per-core",
+            "must be at least 1",
+        )?;
+        need(
+            c.outbox_limit >= c.max_frame as usize,
+            "--outbox-limit",
+            "must be at least --max-frame",
+        )?;
+        need(
+            c.shard_outbox_cap >= c.outbox_limit,
+            "--shard-outbox-cap",
+            "must be at least --outbox-limit",
+        )?;
+        // Every reply must fit a frame: a SUBACK holds one 13-byte entry per requested topic,
+        // and requests carry at most --max-subscriptions entries.
+        let most = (c.max_frame as usize - 7) / 13;
+        need(
+            c.max_subscriptions >= 1 && c.max_subscriptions as usize <= most,
+            "--max-subscriptions",
+            format!("must be between 1 and (max-frame - 7) / 13 = {most} (a SUBACK answering that many topics must fit a frame)"),
+        )?;
+        need(
+            r.history_bytes >= 1 && r.history_bytes <= c.outbox_limit,
+            "--history-bytes",
+            "must be between 1 and --outbox-limit (a replay must fit an outbox)",
+        )?;
+        need(
+            r.max_topics >= 1 && r.max_topics < u32::MAX as usize / 2,
+            "--max-topics",
+            "out of range",
+        )?;
+        need(
+            r.max_placeholders >= 1 && r.max_placeholders < u32::MAX as usize / 2,
+            "--max-placeholders",
+            "out of range",
+        )?;
+        need(
+            c.frame_timeout_ms >= 10,
+            "--frame-timeout-ms",
+            "must be at least 10",
+        )?;
+        need(
+            c.shard_inbound_cap >= c.max_frame as usize,
+            "--shard-inbound-cap",
+            "must be at least --max-frame",
+        )?;
+        need(
+            (1..=1024).contains(&c.max_frames_per_send),
+            "--max-frames-per-send",
+            "must be between 1 and 1024 (IOV_MAX)",
+        )?;
+        need(
+            (1..=65_536).contains(&self.sends_per_round),
+            "--sends-per-round",
+            "must be between 1 and 65536",
+        )?;
+        need(
+            self.sq_entries.is_power_of_two() && (64..=32768).contains(&self.sq_entries),
+            "--sq-entries",
+            "must be a power of two between 64 and 32768",
+        )?;
+        need(
+            self.recv_buffers.is_power_of_two() && self.recv_buffers <= 32768,
+            "--recv-buffers",
+            "must be a power of two <= 32768",
+        )?;
+        need(
+            (512..=1 << 20).contains(&self.recv_buffer_size),
+            "--recv-buffer-size",
+            "must be between 512 and 1048576",
+        )?;
+        for (key, setting) in [
+            (&c.publisher_key, "--publisher-key"),
+            (&c.relay_key, "--relay-key"),
+        ] {
+            need(
+                key.as_ref().is_none_or(|k| (1..=255).contains(&k.len())),
+                setting,
+                "must be 1 to 255 bytes (it travels as a HELLO token)",
+            )?;
+        }
+        need(
+            c.relay_outbox_limit >= 65_536,
+            "--relay-outbox-limit",
+            "must be at least 65536",
+        )?;
+        need(
+            !c.policy.require_token || c.tokens.is_some(),
+            "--require-token",
+            "needs --jwt-key (the keys that verify tokens)",
+        )?;
+        Ok(())
     }
 }
 
@@ -71,7 +221,7 @@ impl Default for ServerConfig {
 pub enum StartError {
     /// A setting is out of range.
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
     /// The listen address is taken or not ours.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -104,8 +254,6 @@ pub struct Server {
     stats: Vec<Arc<SharedStats>>,
     files_per_shard: u32,
     max_frame: u32,
-    feed_stats: Arc<FeedStats>,
-    origin: Option<Origin>,
     /// Held for the engine's lifetime: see [`claim`].
     _claim: UnixListener,
 }
@@ -162,16 +310,7 @@ fn listener(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
 impl Server {
     /// Binds, starts every shard, and returns once all of them are accepting.
     pub fn start(cfg: ServerConfig) -> Result<Server, StartError> {
-        if cfg.cores == 0 || cfg.cores > 1024 {
-            return Err(StartError::Config(
-                "--cores must be between 1 and 1024".into(),
-            ));
-        }
-        if !cfg.recv_buffers.is_power_of_two() || cfg.recv_buffers > 32768 {
-            return Err(StartError::Config(
-                "--recv-buffers must be a power of two <= 32768".into(),
-            ));
-        }
+        cfg.validate()?;
         let nofile = yorker_uring::raise_nofile_limit();
         // A few slots beyond the cap let the core answer server_full instead of the kernel
         // leaving connections stuck in the backlog with ENFILE.
@@ -207,7 +346,7 @@ impl Server {
         let addr = first
             .local_addr()?
             .as_socket()
-            .ok_or_else(|| StartError::Config("listener has no inet address".into()))?;
+            .ok_or_else(|| StartError::Io(io::Error::other("listener has no inet address")))?;
         // An ephemeral port is ours alone; claim it anyway so the rule has no exception.
         let claimed = match early_claim {
             Some(c) => c,
@@ -220,22 +359,7 @@ impl Server {
                     .map_err(|source| StartError::Listen { addr, source })?,
             );
         }
-        let feed_stats = Arc::new(FeedStats::default());
-        let (tap, origin) = match &cfg.multicast {
-            Some(m) => {
-                // NAKs come to the listen address, over UDP.
-                let (tap, origin) = Origin::start(m, addr, registry.clone(), feed_stats.clone())
-                    .map_err(|e| {
-                        StartError::Config(format!(
-                            "cannot start the multicast feed (interface {}, NAKs on udp {addr}): {e}",
-                            m.interface
-                        ))
-                    })?;
-                (Some(tap), Some(origin))
-            }
-            None => (None, None),
-        };
-        let bus = Arc::new(ShardBus::new(cfg.cores, tap)?);
+        let bus = Arc::new(ShardBus::new(cfg.cores, cfg.tap.clone())?);
 
         // Pin shard i to the i-th CPU this process may run on (respects taskset and cpusets),
         // unless --cpus chose.
@@ -255,8 +379,6 @@ impl Server {
             stats: Vec::new(),
             files_per_shard: files,
             max_frame: core_cfg.max_frame,
-            feed_stats,
-            origin,
             _claim: claimed,
         };
         for (id, l) in listeners.into_iter().enumerate() {
@@ -321,24 +443,14 @@ impl Server {
         &self.registry
     }
 
-    /// Feeds updates numbered elsewhere into this engine's shards (a relay's follower).
-    pub fn injector(&self) -> Injector {
-        Injector::new(
-            self.registry.clone(),
-            self.bus.clone(),
-            self.feed_stats.clone(),
-            self.max_frame,
-        )
+    /// Every shard's inbox: where updates numbered elsewhere (a relay's feed) are handed in.
+    pub fn bus(&self) -> &Arc<ShardBus> {
+        &self.bus
     }
 
-    /// Relay-feed counters (multicast out on an origin, feed in on a relay).
-    pub fn feed_stats(&self) -> &Arc<FeedStats> {
-        &self.feed_stats
-    }
-
-    /// True when this engine multicasts a relay feed.
-    pub fn has_feed(&self) -> bool {
-        self.origin.is_some()
+    /// The largest frame this engine's clients were promised (WELCOME).
+    pub fn max_frame(&self) -> u32 {
+        self.max_frame
     }
 
     /// Direct-descriptor slots per shard.
@@ -382,6 +494,20 @@ impl Server {
         self.bus.ring_all();
     }
 
+    /// Shards whose thread ended (returned an error or panicked) although no shutdown was
+    /// asked for.
+    pub fn dead_shards(&self) -> Vec<usize> {
+        if self.shutdown.load(Ordering::SeqCst) {
+            return Vec::new();
+        }
+        self.threads
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.is_finished())
+            .map(|(i, _)| i)
+            .collect()
+    }
+
     /// True once every shard thread has ended.
     pub fn is_finished(&self) -> bool {
         self.threads.iter().all(|t| t.is_finished())
@@ -404,9 +530,6 @@ impl Server {
                     }
                 }
             }
-        }
-        if let Some(mut o) = self.origin.take() {
-            o.stop();
         }
         result
     }
@@ -440,4 +563,34 @@ fn new_epoch() -> u64 {
             | 1;
     }
     u64::from_be_bytes(b).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A configuration built in code gets the checks the command line gets.
+    #[test]
+    fn code_built_configs_are_validated() {
+        let ok = ServerConfig::default();
+        assert_eq!(ok.validate(), Ok(()));
+        let mut c = ServerConfig::default();
+        c.core.max_subscriptions = 10_000;
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.setting, "--max-subscriptions");
+        let c = ServerConfig {
+            cores: 0,
+            ..ServerConfig::default()
+        };
+        assert!(matches!(
+            Server::start(c),
+            Err(StartError::Config(ConfigError {
+                setting: "--cores",
+                ..
+            }))
+        ));
+        let mut c = ServerConfig::default();
+        c.core.outbox_limit = 1000;
+        assert_eq!(c.validate().unwrap_err().setting, "--outbox-limit");
+    }
 }

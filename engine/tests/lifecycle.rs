@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::Shutdown;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -251,95 +249,6 @@ fn vanishing_and_stalled_clients_free_their_slots_and_send_buffers() {
     });
     stalled.stream.shutdown(Shutdown::Both).ok();
     assert_eq!(server.totals().core.outbox_bytes, 0);
-}
-
-#[test]
-fn sigterm_sends_goaway_and_exits_zero() {
-    let bin = env!("CARGO_BIN_EXE_yorker");
-    let mut child = Command::new(bin)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--cores",
-            "1",
-            "--stats-interval",
-            "0",
-        ])
-        .args(["--goaway-base-ms", "500", "--goaway-jitter-ms", "1000"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn yorker");
-    // The listening line names the port.
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0,
-            "yorker exited early"
-        );
-        if line.contains("listening on") {
-            break;
-        }
-    }
-    let addr: std::net::SocketAddr = line.split_whitespace().nth(3).unwrap().parse().unwrap();
-    let mut c = Client::connect(addr, Role::Subscriber);
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    match c.next(T) {
-        Some(Frame::GoAway(g)) => {
-            assert_eq!(g.code, ErrorCode::ShuttingDown as u16);
-            assert!((500..=1500).contains(&g.reconnect_after_ms), "{g:?}");
-        }
-        other => panic!("expected GOAWAY, got {other:?}"),
-    }
-    assert!(c.closed_within(T));
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0));
-    let _ = std::io::stderr().flush();
-}
-
-#[test]
-fn startup_errors_are_clear_and_nonzero() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().port();
-    let bin = env!("CARGO_BIN_EXE_yorker");
-    let out = Command::new(bin)
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--cores",
-            "1",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("cannot listen on") && err.contains("in use"),
-        "{err}"
-    );
-    let out = Command::new(bin)
-        .args(["serve", "--cores", "0"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let out = Command::new(bin)
-        .args(["serve", "--max-frame", "12"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-frame"));
-    let out = Command::new(bin)
-        .args(["serve", "--bogus"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
 }
 
 /// SO_REUSEPORT would let a second engine of the same user bind the same port and silently take

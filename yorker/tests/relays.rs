@@ -6,6 +6,7 @@
 //!   multicast feed with 5% datagram loss injected by nftables, `kill -9` of a relay, and an
 //!   origin restart.
 
+#[path = "../../engine/tests/common/mod.rs"]
 mod common;
 
 use std::collections::HashMap;
@@ -16,8 +17,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use yorker_engine::relay::follower::{Follower, Source};
-use yorker_engine::relay::upstream::UpstreamConfig;
+use std::sync::Arc;
+
+use yorker_relay::follower::{Follower, Source};
+use yorker_relay::upstream::UpstreamConfig;
+use yorker_relay::{FeedStats, Injector};
 use yorker_wire::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -311,7 +315,7 @@ fn tcp_relays_chain_and_clients_move_between_them() {
                 key: Some(RELAY_KEY.into()),
                 connect_timeout: Duration::from_secs(2),
             },
-            server.injector(),
+            Injector::for_server(server, Arc::new(FeedStats::default())),
         )
         .expect("follower starts")
     };
@@ -358,10 +362,16 @@ fn tcp_relays_chain_and_clients_move_between_them() {
 #[test]
 fn naks_need_the_relay_key_and_are_rate_limited() {
     use std::sync::atomic::Ordering::Relaxed;
-    use yorker_engine::relay::MulticastOut;
+    use yorker_relay::origin::{FeedTap, Origin};
+    use yorker_relay::MulticastOut;
     use yorker_wire::feed::{sign_nak, FeedHeader, Kind};
     let mut cfg = config(1);
-    cfg.multicast = Some(MulticastOut {
+    // Every update must fit one feed datagram.
+    cfg.core.max_frame = 16_384;
+    let stats = Arc::new(FeedStats::default());
+    let (tap, queue) = FeedTap::channel(stats.clone());
+    cfg.tap = Some(tap);
+    let feed = MulticastOut {
         groups: vec!["239.7.7.8:9111".parse().unwrap()],
         interface: "127.0.0.1".parse().unwrap(),
         ttl: 0,
@@ -371,10 +381,11 @@ fn naks_need_the_relay_key_and_are_rate_limited() {
         retransmit_ms: 60_000,
         retransmit_bytes: 64 << 20,
         nak_key: Some(RELAY_KEY.as_bytes().to_vec()),
-    });
+    };
     let server = start(cfg);
     let addr = server.local_addr();
-    let stats = server.feed_stats().clone();
+    let _origin = Origin::start(&feed, addr, server.registry().clone(), queue, stats.clone())
+        .expect("the feed starts");
     let mut p = Client::connect(addr, Role::Publisher);
     for i in 0..50u32 {
         p.publish("m", 0, &i.to_be_bytes());
@@ -883,6 +894,7 @@ fn a_relay_never_sends_its_clients_a_frame_beyond_its_max_frame() {
     relay_cfg.core.publisher_key = None;
     relay_cfg.core.max_frame = 4096;
     let relay = start(relay_cfg);
+    let feed_stats = Arc::new(FeedStats::default());
     let _f = Follower::start(
         Source::Upstream,
         UpstreamConfig {
@@ -890,7 +902,7 @@ fn a_relay_never_sends_its_clients_a_frame_beyond_its_max_frame() {
             key: Some(RELAY_KEY.into()),
             connect_timeout: Duration::from_secs(2),
         },
-        relay.injector(),
+        Injector::for_server(&relay, feed_stats.clone()),
     )
     .expect("follower starts");
     wait_for(Duration::from_secs(10), "the relay synced", || {
@@ -908,8 +920,7 @@ fn a_relay_never_sends_its_clients_a_frame_beyond_its_max_frame() {
     let seen = &k.seen["big"];
     assert_eq!((seen.seq, seen.resets), (3, 1));
     assert_eq!(
-        relay
-            .feed_stats()
+        feed_stats
             .oversize_drops
             .load(std::sync::atomic::Ordering::Relaxed),
         1
@@ -927,11 +938,11 @@ fn an_upstream_that_never_says_welcome_is_given_up() {
         key: None,
         connect_timeout: Duration::from_millis(300),
     };
-    let injector = relay.injector();
+    let injector = Injector::for_server(&relay, Arc::new(FeedStats::default()));
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let stop = std::sync::atomic::AtomicBool::new(false);
-        let r = yorker_engine::relay::upstream::session(&cfg, &injector, true, &stop, &mut |_| {});
+        let r = yorker_relay::upstream::session(&cfg, &injector, true, &stop, &mut |_| {});
         let _ = tx.send(r.map(|_| ()).map_err(|e| e.to_string()));
     });
     // A watchdog, not a measurement: without the give-up the session would never return.

@@ -16,7 +16,7 @@ use yorker_wire::{
 };
 
 use super::{unix_us, Injector};
-use crate::proto::registry::Topic;
+use yorker_engine::proto::registry::Topic;
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use yorker_engine::config::{RelayArgs, ServeArgs};
+use yorker::config::{RelayArgs, ServeArgs};
 
 /// yorker: a thread-per-core io_uring push engine.
 #[derive(Debug, Parser)]
@@ -29,7 +29,7 @@ enum Command {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Serve(args) => yorker_engine::cli::serve(args),
-        Command::Relay { relay, serve } => yorker_engine::cli::relay(serve, relay),
+        Command::Serve(args) => yorker::cli::serve(args),
+        Command::Relay { relay, serve } => yorker::cli::relay(serve, relay),
     }
 }

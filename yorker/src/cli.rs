@@ -1,5 +1,6 @@
-//! The `serve` command, shared by the `yorker` binary and `yorker-sim` (which runs the same
-//! engine as a child process for its demo).
+//! Running `yorker serve` and `yorker relay`: the engine, the relay feed threads, signals, the
+//! stats line, and an exit code that tells the truth. Shared by the `yorker` binary and
+//! `yorker-sim` (which runs the same engine as a child process for its demo).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -7,13 +8,19 @@ use std::time::{Duration, Instant};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use yorker_engine::{Server, Totals};
+use yorker_relay::follower::{Follower, Source};
+use yorker_relay::origin::{FeedTap, Origin};
+use yorker_relay::upstream::UpstreamConfig;
+use yorker_relay::{FeedStats, Injector};
+
 use crate::config::{RelayArgs, ServeArgs};
-use crate::relay::follower::{Follower, Source};
-use crate::relay::upstream::UpstreamConfig;
-use crate::{Server, Totals};
 
 /// Runs `yorker serve` until SIGTERM/SIGINT; exit 0 after a graceful shutdown, 1 on a start-up
-/// or shard error, 2 on bad flags.
+/// error or when a shard died, 2 on bad flags.
 pub fn serve(args: ServeArgs) -> ExitCode {
     run(args, None)
 }
@@ -28,7 +35,12 @@ pub fn relay(args: ServeArgs, relay: RelayArgs) -> ExitCode {
     run(args, Some(relay))
 }
 
-fn start_follower(server: &Server, args: &ServeArgs, r: &RelayArgs) -> std::io::Result<Follower> {
+fn start_follower(
+    server: &Server,
+    args: &ServeArgs,
+    r: &RelayArgs,
+    stats: Arc<FeedStats>,
+) -> std::io::Result<Follower> {
     let upstream = UpstreamConfig {
         addr: r
             .upstream
@@ -47,11 +59,14 @@ fn start_follower(server: &Server, args: &ServeArgs, r: &RelayArgs) -> std::io::
         },
         (None, None) => unreachable!("RelayArgs::check requires --multicast-if"),
     };
-    Follower::start(source, upstream, server.injector())
+    Follower::start(source, upstream, Injector::for_server(server, stats))
 }
 
+/// How often the main thread looks for signals and dead shards.
+const WATCH: Duration = Duration::from_millis(100);
+
 fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
-    let cfg = match args.to_config() {
+    let settings = match args.to_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("yorker: {e}");
@@ -69,8 +84,17 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
     if args.allow_anonymous_relays && args.relay_key.is_none() {
         eprintln!("yorker: WARNING: --allow-anonymous-relays: any client may connect as a relay and receive every topic (each such session costs a snapshot of every topic); set --relay-key instead");
     }
+    let mut cfg = settings.server;
     let cores = cfg.cores;
     let tokens = cfg.core.tokens.clone();
+    let feed_stats = Arc::new(FeedStats::default());
+    // An origin's feed is a tap on the engine's bus; its threads start once the engine has a
+    // registry and an address.
+    let queue = settings.multicast.as_ref().map(|_| {
+        let (tap, queue) = FeedTap::channel(feed_stats.clone());
+        cfg.tap = Some(tap);
+        queue
+    });
     let server = match Server::start(cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -84,16 +108,38 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
         cores,
         server.files_per_shard()
     );
-    if server.has_feed() {
-        eprintln!(
-            "yorker: multicasting every update to {:?} (NAKs on udp {})",
-            args.multicast_out,
-            server.local_addr()
-        );
-    }
+    let mut origin = match (&settings.multicast, queue) {
+        (Some(m), Some(q)) => {
+            match Origin::start(
+                m,
+                server.local_addr(),
+                server.registry().clone(),
+                q,
+                feed_stats.clone(),
+            ) {
+                Ok(o) => {
+                    eprintln!(
+                        "yorker: multicasting every update to {:?} (NAKs on udp {})",
+                        m.groups,
+                        server.local_addr()
+                    );
+                    Some(o)
+                }
+                Err(e) => {
+                    eprintln!(
+                        "yorker: cannot start the multicast feed (interface {}, NAKs on udp {}): {e}",
+                        m.interface,
+                        server.local_addr()
+                    );
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        _ => None,
+    };
     let mut follower = match &relay {
         None => None,
-        Some(r) => match start_follower(&server, &args, r) {
+        Some(r) => match start_follower(&server, &args, r, feed_stats.clone()) {
             Ok(f) => Some(f),
             Err(e) => {
                 eprintln!("yorker relay: cannot follow the origin: {e}");
@@ -101,32 +147,46 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
             }
         },
     };
-    let feed = server.has_feed() || relay.is_some();
-    let server = std::sync::Arc::new(server);
-    if args.stats_interval > 0 {
-        let s = server.clone();
+    let feed = origin.is_some() || relay.is_some();
+    let server = Arc::new(server);
+    let stats_stop = Arc::new(AtomicBool::new(false));
+    let stats_thread = (args.stats_interval > 0).then(|| {
+        let (s, stop, fs) = (server.clone(), stats_stop.clone(), feed_stats.clone());
         let every = Duration::from_secs(args.stats_interval);
         std::thread::Builder::new()
             .name("yorker-stats".into())
-            .spawn(move || stats_loop(&s, every, feed))
-            .ok();
-    }
-    // Block until SIGTERM or SIGINT; SIGHUP re-reads the token keys (rotation) and goes on.
-    let first = loop {
-        match signals.forever().next() {
-            Some(SIGHUP) => match &tokens {
-                Some(v) => match v.reload() {
-                    Ok(n) => eprintln!("yorker: SIGHUP: {n} token key(s) reloaded"),
-                    Err(e) => {
-                        eprintln!("yorker: SIGHUP: keys not reloaded, the old ones stay: {e}")
-                    }
-                },
-                None => eprintln!("yorker: SIGHUP: nothing to reload (no --jwt-key)"),
-            },
-            other => break other,
+            .spawn(move || stats_loop(&s, every, feed.then_some(&*fs), &stop))
+            .ok()
+    });
+    // Until SIGTERM or SIGINT, or a shard dies. SIGHUP re-reads the token keys (rotation).
+    let mut failed = false;
+    'watch: loop {
+        for sig in signals.pending() {
+            if sig == SIGHUP {
+                match &tokens {
+                    Some(v) => match v.reload() {
+                        Ok(n) => eprintln!("yorker: SIGHUP: {n} token key(s) reloaded"),
+                        Err(e) => {
+                            eprintln!("yorker: SIGHUP: keys not reloaded, the old ones stay: {e}")
+                        }
+                    },
+                    None => eprintln!("yorker: SIGHUP: nothing to reload (no --jwt-key)"),
+                }
+            } else {
+                eprintln!("yorker: signal {sig}: stopping (GOAWAY to every client, draining)");
+                break 'watch;
+            }
         }
-    };
-    eprintln!("yorker: signal {first:?}: stopping (GOAWAY to every client, draining)");
+        let dead = server.dead_shards();
+        if !dead.is_empty() {
+            eprintln!(
+                "yorker: shard(s) {dead:?} ended unexpectedly: sending GOAWAY on the others, draining, exiting 1 (a supervisor should restart yorker)"
+            );
+            failed = true;
+            break;
+        }
+        std::thread::sleep(WATCH);
+    }
     if let Some(f) = follower.as_mut() {
         f.stop();
     }
@@ -141,34 +201,44 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
     while !server.is_finished() {
         std::thread::sleep(Duration::from_millis(20));
     }
+    stats_stop.store(true, Ordering::Release);
+    if let Some(Some(t)) = stats_thread {
+        let _ = t.join();
+    }
+    if let Some(o) = origin.as_mut() {
+        o.stop();
+    }
     let t = server.totals();
     eprintln!(
         "yorker: stopped. {}",
         stats_line(&t, &Totals::default(), Duration::ZERO)
     );
     if feed {
-        eprintln!("yorker: {}", server.feed_stats().line());
+        eprintln!("yorker: {}", feed_stats.line());
     }
-    match std::sync::Arc::try_unwrap(server) {
-        Ok(s) => match s.join() {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("yorker: shard error: {e}");
-                ExitCode::from(1)
-            }
-        },
-        // The stats thread still holds a reference; the shards are finished anyway.
-        Err(_) => ExitCode::SUCCESS,
+    // Every other holder of the server is gone: the exit code reports every shard's end.
+    let server = Arc::try_unwrap(server).expect("the stats thread has been joined");
+    match server.join() {
+        Ok(()) if !failed => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("yorker: shard error: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
-fn stats_loop(server: &Server, every: Duration, feed: bool) {
+fn stats_loop(server: &Server, every: Duration, feed: Option<&FeedStats>, stop: &AtomicBool) {
     let mut last = server.totals();
     let mut at = Instant::now();
     loop {
-        std::thread::sleep(every);
-        if server.is_finished() {
-            return;
+        // Sleep in short steps so a stop is seen at once.
+        let until = Instant::now() + every;
+        while Instant::now() < until {
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50).min(until - Instant::now()));
         }
         let t = server.totals();
         eprintln!(
@@ -176,8 +246,8 @@ fn stats_loop(server: &Server, every: Duration, feed: bool) {
             stats_line(&t, &last, at.elapsed()),
             server.take_fanout_max_us()
         );
-        if feed {
-            eprintln!("yorker: {}", server.feed_stats().line());
+        if let Some(f) = feed {
+            eprintln!("yorker: {}", f.line());
         }
         last = t;
         at = Instant::now();

@@ -19,8 +19,8 @@ use yorker_wire::feed::{verify_nak, FeedHeader, Kind, NakError};
 
 use super::packer::{Packer, RetransmitRing};
 use super::{unix_us, FeedStats, MulticastOut};
-use crate::proto::registry::Registry;
-use crate::proto::UpdateMsg;
+use yorker_engine::proto::registry::Registry;
+use yorker_engine::proto::UpdateMsg;
 
 /// Updates queued between the shards and the sender thread at most. Beyond it the sender is
 /// hopelessly behind: updates are dropped and the relays are told by a hole in the sequence.
@@ -34,9 +34,31 @@ pub struct FeedTap {
     stats: Arc<FeedStats>,
 }
 
+/// The receiving end of a [`FeedTap`], handed to [`Origin::start`].
+#[derive(Debug)]
+pub struct FeedQueue {
+    rx: Receiver<UpdateMsg>,
+    tap: Arc<FeedTap>,
+}
+
 impl FeedTap {
+    /// A tap for the engine's bus (`ServerConfig::tap`) and the queue the origin's sender
+    /// thread reads. The tap is made before the engine starts, the origin after (it needs the
+    /// engine's registry and listen address).
+    pub fn channel(stats: Arc<FeedStats>) -> (Arc<FeedTap>, FeedQueue) {
+        let (tx, rx) = sync_channel(TAP_CAPACITY);
+        let tap = Arc::new(FeedTap {
+            tx,
+            overrun: AtomicBool::new(false),
+            stats,
+        });
+        (tap.clone(), FeedQueue { rx, tap })
+    }
+}
+
+impl yorker_engine::bus::Tap for FeedTap {
     /// Queues `msg` for the sender thread.
-    pub fn offer(&self, msg: &UpdateMsg) {
+    fn offer(&self, msg: &UpdateMsg) {
         match self.tx.try_send(msg.clone()) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
@@ -56,13 +78,14 @@ pub struct Origin {
 
 impl Origin {
     /// Opens the sockets and starts both threads. `recovery` is the UDP address NAKs come to
-    /// (the engine's listen address). Returns the tap to give the bus.
+    /// (the engine's listen address); `queue` is the other end of the engine's tap.
     pub fn start(
         cfg: &MulticastOut,
         recovery: SocketAddr,
         registry: Arc<Registry>,
+        queue: FeedQueue,
         stats: Arc<FeedStats>,
-    ) -> io::Result<(Arc<FeedTap>, Origin)> {
+    ) -> io::Result<Origin> {
         let out = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
         out.set_multicast_if_v4(&cfg.interface)?;
         out.set_multicast_ttl_v4(cfg.ttl)?;
@@ -74,12 +97,7 @@ impl Origin {
         let naks = UdpSocket::bind(recovery)?;
         naks.set_read_timeout(Some(Duration::from_millis(100)))?;
 
-        let (tx, rx) = sync_channel(TAP_CAPACITY);
-        let tap = Arc::new(FeedTap {
-            tx,
-            overrun: AtomicBool::new(false),
-            stats: stats.clone(),
-        });
+        let FeedQueue { rx, tap } = queue;
         let ring = Arc::new(Mutex::new(RetransmitRing::new(
             cfg.retransmit_ms,
             cfg.retransmit_bytes,
@@ -117,7 +135,7 @@ impl Origin {
                 .name("yorker-feed-nak".into())
                 .spawn(move || recovery.run())?,
         ];
-        Ok((tap, Origin { threads, stop }))
+        Ok(Origin { threads, stop })
     }
 
     /// Stops both threads (after the sender flushed what it holds).

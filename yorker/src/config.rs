@@ -1,15 +1,25 @@
-//! `yorker serve` flags (each also a `YORKER_*` environment variable) -> [`ServerConfig`].
+//! `yorker serve` and `yorker relay` flags (each also a `YORKER_*` environment variable) ->
+//! [`Settings`]: the engine's validated [`ServerConfig`] and the relay feed's settings.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use clap::{Args, ValueEnum};
 
-use crate::proto::auth::{parse_patterns, KeySpec, Policy, TokenVerifier};
-use crate::proto::registry::RegistryLimits;
-use crate::proto::{CoreConfig, SlowPolicy};
-use crate::relay::receiver::ReceiverConfig;
-use crate::relay::MulticastOut;
-use crate::server::ServerConfig;
+use yorker_engine::proto::auth::{parse_patterns, KeySpec, Policy, TokenVerifier};
+use yorker_engine::proto::registry::RegistryLimits;
+use yorker_engine::proto::{CoreConfig, SlowPolicy};
+use yorker_engine::ServerConfig;
+use yorker_relay::receiver::ReceiverConfig;
+use yorker_relay::MulticastOut;
+
+/// What the flags configure.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The engine.
+    pub server: ServerConfig,
+    /// The origin's multicast feed, if any.
+    pub multicast: Option<MulticastOut>,
+}
 
 /// What to do with a connection whose outbox is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -346,7 +356,7 @@ fn parse_cpus(s: &str) -> Result<CpuList, String> {
 
 impl ServeArgs {
     /// Validates the flags and builds the engine configuration.
-    pub fn to_config(&self) -> Result<ServerConfig, String> {
+    pub fn to_config(&self) -> Result<Settings, String> {
         let online = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
@@ -359,87 +369,6 @@ impl ServeArgs {
         if let Some(cpus) = &self.cpus {
             check_cpus(&cpus.0, cores, &allowed_cpus())?;
         }
-        let check = |ok: bool, msg: &str| if ok { Ok(()) } else { Err(msg.to_string()) };
-        check(
-            (4096..=yorker_wire::MAX_MAX_FRAME).contains(&self.max_frame),
-            "--max-frame must be between 4096 and 16777216",
-        )?;
-        check(
-            self.heartbeat_ms >= 100,
-            "--heartbeat-ms must be at least 100",
-        )?;
-        check(
-            self.handshake_timeout_ms >= 10,
-            "--handshake-timeout-ms must be at least 10",
-        )?;
-        check(
-            self.write_timeout_ms >= 10,
-            "--write-timeout-ms must be at least 10",
-        )?;
-        check(
-            self.max_conns_per_core >= 1,
-            "--max-conns-per-core must be at least 1",
-        )?;
-        check(
-            self.outbox_limit >= self.max_frame as usize,
-            "--outbox-limit must be at least --max-frame",
-        )?;
-        check(
-            self.shard_outbox_cap >= self.outbox_limit,
-            "--shard-outbox-cap must be at least --outbox-limit",
-        )?;
-        // Every reply must fit a frame: a SUBACK holds one 13-byte entry per requested topic,
-        // and requests carry at most --max-subscriptions entries.
-        check(
-            self.max_subscriptions >= 1 && (self.max_subscriptions as usize) <= (self.max_frame as usize - 7) / 13,
-            &format!("--max-subscriptions must be between 1 and (max-frame - 7) / 13 = {} (a SUBACK answering that many topics must fit a frame)", (self.max_frame as usize - 7) / 13),
-        )?;
-        check(
-            self.history_bytes >= 1 && self.history_bytes <= self.outbox_limit,
-            "--history-bytes must be between 1 and --outbox-limit (a replay must fit an outbox)",
-        )?;
-        check(
-            self.max_placeholders >= 1 && self.max_placeholders < u32::MAX as usize / 2,
-            "--max-placeholders out of range",
-        )?;
-        check(
-            self.frame_timeout_ms >= 10,
-            "--frame-timeout-ms must be at least 10",
-        )?;
-        check(
-            self.shard_inbound_cap >= self.max_frame as usize,
-            "--shard-inbound-cap must be at least --max-frame",
-        )?;
-        check(
-            (1..=1024).contains(&self.max_frames_per_send),
-            "--max-frames-per-send must be between 1 and 1024 (IOV_MAX)",
-        )?;
-        check(
-            self.max_topics >= 1 && self.max_topics < u32::MAX as usize / 2,
-            "--max-topics out of range",
-        )?;
-        check(
-            (1..=65_536).contains(&self.sends_per_round),
-            "--sends-per-round must be between 1 and 65536",
-        )?;
-        check(
-            self.sq_entries.is_power_of_two() && (64..=32768).contains(&self.sq_entries),
-            "--sq-entries must be a power of two between 64 and 32768",
-        )?;
-        check(
-            self.recv_buffers.is_power_of_two() && self.recv_buffers <= 32768,
-            "--recv-buffers must be a power of two <= 32768",
-        )?;
-        check(
-            (512..=1 << 20).contains(&self.recv_buffer_size),
-            "--recv-buffer-size must be between 512 and 1048576",
-        )?;
-        check_key(&self.publisher_key, "--publisher-key")?;
-        check_key(&self.relay_key, "--relay-key")?;
-        check(
-            self.relay_outbox_limit >= 65_536,
-            "--relay-outbox-limit must be at least 65536",
-        )?;
         let tokens = if self.jwt_keys.is_empty() {
             if self.require_token {
                 return Err("--require-token needs --jwt-key (the keys that verify tokens)".into());
@@ -468,29 +397,11 @@ impl ServeArgs {
             let Some(interface) = self.multicast_if else {
                 return Err("--multicast-out needs --multicast-if ADDR: the local interface to send from (there is no default, so a feed never leaks onto the wrong network)".into());
             };
-            check(
-                self.multicast_out.iter().all(|g| g.ip().is_multicast()),
-                "--multicast-out needs multicast groups (224.0.0.0/4)",
-            )?;
-            check(
-                (yorker_wire::feed::MIN_DATAGRAM..=yorker_wire::feed::MAX_DATAGRAM)
-                    .contains(&self.multicast_datagram),
-                "--multicast-datagram must be between 256 and 65507",
-            )?;
-            check(
-                self.multicast_heartbeat_ms >= 1 && self.multicast_ttl <= 255,
-                "--multicast-heartbeat-ms must be at least 1 and --multicast-ttl at most 255",
-            )?;
             // Every UPDATE must fit one datagram (with its topic name and the header).
-            let fits =
-                (yorker_wire::feed::MAX_DATAGRAM - yorker_wire::feed::FEED_HEADER_LEN - 256 - 4)
-                    as u32;
+            let fits = MulticastOut::MAX_FRAME;
             if max_frame > fits {
                 eprintln!("yorker: --max-frame {max_frame} lowered to {fits} so that every update fits one feed datagram");
                 max_frame = fits;
-            }
-            if self.relay_key.is_none() && !self.allow_anonymous_relays {
-                return Err("--multicast-out needs --relay-key: relays sign their NAKs with it, and an origin answers no unsigned NAK (or give --allow-anonymous-relays)".into());
             }
             Some(MulticastOut {
                 groups: self.multicast_out.clone(),
@@ -504,7 +415,7 @@ impl ServeArgs {
                 nak_key: self.relay_key.clone().map(String::into_bytes),
             })
         };
-        Ok(ServerConfig {
+        let cfg = ServerConfig {
             listen: self.listen,
             cores,
             cpus: self.cpus.clone().map(|c| c.0).unwrap_or_default(),
@@ -551,6 +462,14 @@ impl ServeArgs {
             recv_buffer_size: self.recv_buffer_size,
             sq_entries: self.sq_entries,
             sends_per_round: self.sends_per_round,
+            tap: None,
+        };
+        cfg.validate().map_err(|e| e.to_string())?;
+        if let Some(m) = &multicast {
+            m.validate(cfg.core.max_frame, self.allow_anonymous_relays)?;
+        }
+        Ok(Settings {
+            server: cfg,
             multicast,
         })
     }

@@ -1,4 +1,9 @@
+//! # yorker-relay
+//!
 //! Relays: an origin engine feeds relay engines, each serving its own clients (docs/RELAYS.md).
+//! This crate stands on `yorker-engine` and attaches to it from outside: the origin's feed is a
+//! [`yorker_engine::bus::Tap`] on the engine's bus, and a relay's updates go in through an
+//! [`Injector`] over the engine's registry and bus. The engine knows nothing of relays.
 //!
 //! * [`packer`] and [`receiver`] are sans-IO: datagram packing and the retransmit ring on the
 //!   origin; ordering, gap detection, NAK timing and snapshot fallback on the relay.
@@ -8,6 +13,9 @@
 //!   topic (multicast recovery), or the whole feed (`--upstream`).
 //! * [`follower`] drives a relay: the multicast receiver, or the TCP upstream, feeding the
 //!   relay's own shards through [`Injector`].
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod follower;
 pub mod origin;
@@ -21,9 +29,9 @@ use std::sync::Arc;
 
 use yorker_wire::Update;
 
-use crate::bus::ShardBus;
-use crate::proto::registry::Registry;
-use crate::proto::registry::{Applied, Topic, TopicLimit};
+use yorker_engine::bus::ShardBus;
+use yorker_engine::proto::registry::Registry;
+use yorker_engine::proto::registry::{Applied, Topic, TopicLimit};
 
 /// Settings of the origin's multicast feed (`yorker serve --multicast-out`).
 #[derive(Debug, Clone)]
@@ -47,6 +55,39 @@ pub struct MulticastOut {
     /// The relay key: NAKs must carry a tag made with it. `None` (only with
     /// `--allow-anonymous-relays`): NAKs are answered untagged, rate limits still apply.
     pub nak_key: Option<Vec<u8>>,
+}
+
+impl MulticastOut {
+    /// The largest `--max-frame` an origin with a feed may announce: every update (behind its
+    /// topic name and the datagram header) fits one datagram.
+    pub const MAX_FRAME: u32 =
+        (yorker_wire::feed::MAX_DATAGRAM - yorker_wire::feed::FEED_HEADER_LEN - 256 - 4) as u32;
+
+    /// Checks the feed's settings against the engine's `max_frame` and relay policy.
+    pub fn validate(&self, max_frame: u32, allow_anonymous_relays: bool) -> Result<(), String> {
+        let need = |ok: bool, msg: &str| if ok { Ok(()) } else { Err(msg.to_string()) };
+        need(
+            !self.groups.is_empty() && self.groups.iter().all(|g| g.ip().is_multicast()),
+            "--multicast-out needs multicast groups (224.0.0.0/4)",
+        )?;
+        need(
+            (yorker_wire::feed::MIN_DATAGRAM..=yorker_wire::feed::MAX_DATAGRAM)
+                .contains(&self.max_datagram),
+            "--multicast-datagram must be between 256 and 65507",
+        )?;
+        need(
+            self.heartbeat_ms >= 1 && self.ttl <= 255,
+            "--multicast-heartbeat-ms must be at least 1 and --multicast-ttl at most 255",
+        )?;
+        need(
+            self.nak_key.is_some() || allow_anonymous_relays,
+            "--multicast-out needs --relay-key: relays sign their NAKs with it, and an origin answers no unsigned NAK (or give --allow-anonymous-relays)",
+        )?;
+        need(
+            max_frame <= Self::MAX_FRAME,
+            "--max-frame is too large for a multicast feed (every update must fit one datagram)",
+        )
+    }
 }
 
 /// Feed counters, shared between the feed threads and the stats line. On an origin the
@@ -137,6 +178,16 @@ pub struct Injector {
 }
 
 impl Injector {
+    /// An injector into `server`'s shards, counting into `stats`.
+    pub fn for_server(server: &yorker_engine::Server, stats: Arc<FeedStats>) -> Self {
+        Injector::new(
+            server.registry().clone(),
+            server.bus().clone(),
+            stats,
+            server.max_frame(),
+        )
+    }
+
     /// An injector into `registry`'s shards, whose clients were promised frames of at most
     /// `max_frame` bytes.
     pub fn new(

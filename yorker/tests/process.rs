@@ -1,0 +1,204 @@
+//! The `yorker` binary as a process: SIGTERM, SIGHUP, start-up errors and exit codes.
+
+#[path = "../../engine/tests/common/mod.rs"]
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use yorker_wire::*;
+
+const T: Duration = Duration::from_secs(10);
+
+fn now() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+fn dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("yorker-process-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// HELLO version 2 with `token`; WELCOME then AUTH_OK expected.
+fn connect(addr: std::net::SocketAddr, role: Role, token: String) -> Client {
+    let mut c = Client::raw(addr);
+    c.hello_with(2, role, token, T).expect("WELCOME");
+    match c.next(T) {
+        Some(Frame::AuthOk { .. }) => c,
+        other => panic!("expected AUTH_OK, got {other:?}"),
+    }
+}
+
+fn refused(addr: std::net::SocketAddr, version: u16, role: Role, token: String) -> String {
+    let mut c = Client::raw(addr);
+    match c.hello_with(version, role, token, T) {
+        Err(Some(Frame::Error(e))) => {
+            assert_eq!(e.code, ErrorCode::AuthFailed as u16, "{e:?}");
+            e.message
+        }
+        other => panic!("expected ERROR auth_failed, got {other:?}"),
+    }
+}
+
+#[test]
+fn sigterm_sends_goaway_and_exits_zero() {
+    let bin = env!("CARGO_BIN_EXE_yorker");
+    let mut child = Command::new(bin)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "1",
+            "--stats-interval",
+            "0",
+        ])
+        .args(["--goaway-base-ms", "500", "--goaway-jitter-ms", "1000"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn yorker");
+    // The listening line names the port.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0,
+            "yorker exited early"
+        );
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    let addr: std::net::SocketAddr = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    let mut c = Client::connect(addr, Role::Subscriber);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    match c.next(T) {
+        Some(Frame::GoAway(g)) => {
+            assert_eq!(g.code, ErrorCode::ShuttingDown as u16);
+            assert!((500..=1500).contains(&g.reconnect_after_ms), "{g:?}");
+        }
+        other => panic!("expected GOAWAY, got {other:?}"),
+    }
+    assert!(c.closed_within(T));
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let _ = std::io::stderr().flush();
+}
+
+#[test]
+fn startup_errors_are_clear_and_nonzero() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let bin = env!("CARGO_BIN_EXE_yorker");
+    let out = Command::new(bin)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--cores",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot listen on") && err.contains("in use"),
+        "{err}"
+    );
+    let out = Command::new(bin)
+        .args(["serve", "--cores", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(bin)
+        .args(["serve", "--max-frame", "12"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-frame"));
+    let out = Command::new(bin)
+        .args(["serve", "--bogus"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// Issue 11, item 8: impossible CPU lists are start-up errors.
+#[test]
+fn impossible_cpu_lists_are_refused() {
+    for (cpus, want) in [("7-99", "not available"), ("0,0,0,0", "twice")] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_yorker"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--cpus", cpus])
+            .output()
+            .expect("yorker runs");
+        assert_eq!(out.status.code(), Some(2), "--cpus {cpus}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "--cpus {cpus}: {err}");
+    }
+}
+
+/// Keys rotate without a restart: SIGHUP re-reads the key files.
+#[test]
+fn sighup_reloads_the_keys() {
+    use std::io::BufRead;
+    let d = dir();
+    let key = d.join("rot.key");
+    std::fs::write(&key, [5u8; 32]).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_yorker"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--cores", "1"])
+        .args(["--stats-interval", "0", "--require-token"])
+        .arg("--jwt-key")
+        .arg(format!("main={}", key.display()))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("yorker starts");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut next_line = |want: &str| loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "yorker exited early"
+        );
+        if line.contains(want) {
+            return line;
+        }
+    };
+    let line = next_line("listening on");
+    let addr: std::net::SocketAddr = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    let token = |secret: [u8; 32]| {
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("main".into());
+        encode(
+            &h,
+            &serde_json::json!({"sub": "s", "exp": now() + 600}),
+            &EncodingKey::from_secret(&secret),
+        )
+        .unwrap()
+    };
+    let _old = connect(addr, Role::Subscriber, token([5; 32]));
+    assert!(refused(addr, 2, Role::Subscriber, token([6; 32])).contains("signature"));
+    std::fs::write(&key, [6u8; 32]).unwrap();
+    let kill = |sig: &str| {
+        assert!(Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success())
+    };
+    kill("-HUP");
+    next_line("reloaded");
+    let _new = connect(addr, Role::Subscriber, token([6; 32]));
+    assert!(refused(addr, 2, Role::Subscriber, token([5; 32])).contains("signature"));
+    kill("-TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
