@@ -95,7 +95,7 @@ fn start_engine(cores: usize, key: &str) -> Result<(EngineGuard, SocketAddr), St
                 .and_then(|a| a.parse().ok())
                 .ok_or_else(|| format!("unexpected engine line: {line}"))?;
         }
-        if line.contains("yorker:") && !line.contains("lowered") {
+        if line.contains("ERROR") {
             return Err(format!("engine: {line}"));
         }
     };

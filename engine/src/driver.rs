@@ -78,9 +78,12 @@ pub fn run(
     mut shard: Shard,
     started: std::sync::mpsc::Sender<io::Result<()>>,
 ) -> io::Result<()> {
+    let _span = tracing::info_span!("shard", id = setup.id).entered();
     if let Some(cpu) = setup.cpu {
         // Best effort: a container may forbid it; the shard still works unpinned.
-        core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+            tracing::warn!("could not pin to CPU {cpu}; running unpinned");
+        }
     }
     let mut ring = match Ring::new(setup.ring) {
         Ok(r) => r,
@@ -101,6 +104,7 @@ pub fn run(
         return Ok(());
     }
     let _ = started.send(Ok(()));
+    tracing::debug!(cpu = ?setup.cpu, slots = setup.ring.files, "shard up");
 
     let start = setup.epoch_instant;
     let registry = shard.registry().clone();
@@ -224,6 +228,7 @@ pub fn run(
     setup
         .stats
         .store(&shard.stats(), ring.enters(), ring.sends_in_flight());
+    tracing::debug!("shard stopped");
     Ok(())
 }
 

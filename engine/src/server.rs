@@ -322,8 +322,8 @@ impl Server {
             .max_connections
             .min((files as u64 - reserve) as usize);
         if core_cfg.max_connections < cfg.core.max_connections {
-            eprintln!(
-                "yorker: --max-conns-per-core {} lowered to {} (RLIMIT_NOFILE {} caps each ring's direct-descriptor table)",
+            tracing::info!(
+                "--max-conns-per-core {} lowered to {} (RLIMIT_NOFILE {} caps each ring's direct-descriptor table)",
                 cfg.core.max_connections, core_cfg.max_connections, nofile
             );
         }

@@ -161,9 +161,11 @@ fn follow_tcp(cfg: UpstreamConfig, injector: Injector, stop: &AtomicBool) {
     let mut first = true;
     while !stop.load(Ordering::Acquire) {
         let r = upstream::session(&cfg, &injector, true, stop, &mut |s| {
-            eprintln!(
-                "yorker relay: synced with upstream {} (epoch {:#x}, {} topics)",
-                cfg.addr, s.epoch, s.topics
+            tracing::info!(
+                "synced with upstream {} (epoch {:#x}, {} topics)",
+                cfg.addr,
+                s.epoch,
+                s.topics
             );
             if !first {
                 FeedStats::add(&injector.stats().snapshot_fallbacks, 1);
@@ -177,7 +179,7 @@ fn follow_tcp(cfg: UpstreamConfig, injector: Injector, stop: &AtomicBool) {
                 Duration::from_millis(after_ms as u64)
             }
             Err(e) => {
-                eprintln!("yorker relay: {e}");
+                tracing::warn!("upstream session ended: {e}");
                 attempt += 1;
                 backoff(attempt)
             }
@@ -251,7 +253,7 @@ impl Multicast {
                     Action::Snapshot(reason) => {
                         if reason != SnapshotReason::Start {
                             FeedStats::add(&stats.snapshot_fallbacks, 1);
-                            eprintln!("yorker relay: resynchronising from a snapshot ({reason:?})");
+                            tracing::info!("resynchronising from a snapshot ({reason:?})");
                         }
                         snapshot_due = Some(snapshot_due.unwrap_or_else(Instant::now));
                     }
@@ -281,15 +283,15 @@ impl Multicast {
                     Ok(s) => {
                         failures = 0;
                         if rx.epoch() != Some(s.epoch) {
-                            eprintln!(
-                                "yorker relay: synced with origin {} (epoch {:#x}, {} topics, feed at {}); following the feed",
+                            tracing::info!(
+                                "synced with origin {} (epoch {:#x}, {} topics, feed at {}); following the feed",
                                 self.upstream.addr, s.epoch, s.topics, s.feed_seq
                             );
                         }
                         rx.snapshot_done(s.epoch, s.feed_seq, now_ms(), &mut actions);
                     }
                     Err(e) => {
-                        eprintln!("yorker relay: snapshot failed: {e}");
+                        tracing::warn!("snapshot failed: {e}");
                         failures += 1;
                         rx.snapshot_failed(&mut actions);
                         snapshot_due = Some(Instant::now() + backoff(failures));

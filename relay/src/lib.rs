@@ -220,7 +220,7 @@ impl Injector {
     pub fn topic(&self, name: &str) -> Result<Arc<Topic>, TopicLimit> {
         self.registry.get_or_create(name).inspect_err(|e| {
             if self.stats.topic_limit_drops.fetch_add(1, Ordering::Relaxed) == 0 {
-                eprintln!("yorker relay: updates of topic {name:?} and others dropped: {e}");
+                tracing::warn!("updates of topic {name:?} and others dropped: {e}");
             }
         })
     }
@@ -232,8 +232,8 @@ impl Injector {
         let len = yorker_wire::UPDATE_HEADER_LEN - yorker_wire::LENGTH_PREFIX + u.payload.len();
         if len > self.max_frame as usize {
             if self.stats.oversize_drops.fetch_add(1, Ordering::Relaxed) == 0 {
-                eprintln!(
-                    "yorker relay: an update of {} bytes exceeds --max-frame {}: dropped (give relays at least the origin's --max-frame)",
+                tracing::warn!(
+                    "an update of {} bytes exceeds --max-frame {}: dropped (give relays at least the origin's --max-frame)",
                     len, self.max_frame
                 );
             }

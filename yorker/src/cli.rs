@@ -28,8 +28,9 @@ pub fn serve(args: ServeArgs) -> ExitCode {
 /// Runs `yorker relay`: an engine whose updates come from an origin (multicast feed) or an
 /// upstream engine (TCP) instead of publishers.
 pub fn relay(args: ServeArgs, relay: RelayArgs) -> ExitCode {
+    init_logs();
     if let Err(e) = relay.check(&args) {
-        eprintln!("yorker relay: {e}");
+        tracing::error!("{e}");
         return ExitCode::from(2);
     }
     run(args, Some(relay))
@@ -62,14 +63,28 @@ fn start_follower(
     Follower::start(source, upstream, Injector::for_server(server, stats))
 }
 
+/// Logs to stderr through `tracing`: `YORKER_LOG` filters (default `info`, e.g.
+/// `YORKER_LOG=debug` or `YORKER_LOG=yorker_relay=debug,info`). Idempotent.
+pub fn init_logs() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("YORKER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
 /// How often the main thread looks for signals and dead shards.
 const WATCH: Duration = Duration::from_millis(100);
 
 fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
+    init_logs();
     let settings = match args.to_config() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("yorker: {e}");
+            tracing::error!("{e}");
             return ExitCode::from(2);
         }
     };
@@ -77,12 +92,12 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
     let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("yorker: cannot install signal handlers: {e}");
+            tracing::error!("cannot install signal handlers: {e}");
             return ExitCode::from(1);
         }
     };
     if args.allow_anonymous_relays && args.relay_key.is_none() {
-        eprintln!("yorker: WARNING: --allow-anonymous-relays: any client may connect as a relay and receive every topic (each such session costs a snapshot of every topic); set --relay-key instead");
+        tracing::warn!("--allow-anonymous-relays: any client may connect as a relay and receive every topic (each such session costs a snapshot of every topic); set --relay-key instead");
     }
     let mut cfg = settings.server;
     let cores = cfg.cores;
@@ -98,12 +113,12 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
     let server = match Server::start(cfg) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("yorker: {e}");
+            tracing::error!("{e}");
             return ExitCode::from(1);
         }
     };
-    eprintln!(
-        "yorker: listening on {} with {} core(s), {} connection slots per core",
+    tracing::info!(
+        "listening on {} with {} core(s), {} connection slots per core",
         server.local_addr(),
         cores,
         server.files_per_shard()
@@ -118,16 +133,16 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
                 feed_stats.clone(),
             ) {
                 Ok(o) => {
-                    eprintln!(
-                        "yorker: multicasting every update to {:?} (NAKs on udp {})",
+                    tracing::info!(
+                        "multicasting every update to {:?} (NAKs on udp {})",
                         m.groups,
                         server.local_addr()
                     );
                     Some(o)
                 }
                 Err(e) => {
-                    eprintln!(
-                        "yorker: cannot start the multicast feed (interface {}, NAKs on udp {}): {e}",
+                    tracing::error!(
+                        "cannot start the multicast feed (interface {}, NAKs on udp {}): {e}",
                         m.interface,
                         server.local_addr()
                     );
@@ -142,7 +157,7 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
         Some(r) => match start_follower(&server, &args, r, feed_stats.clone()) {
             Ok(f) => Some(f),
             Err(e) => {
-                eprintln!("yorker relay: cannot follow the origin: {e}");
+                tracing::error!("cannot follow the origin: {e}");
                 return ExitCode::from(1);
             }
         },
@@ -165,22 +180,22 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
             if sig == SIGHUP {
                 match &tokens {
                     Some(v) => match v.reload() {
-                        Ok(n) => eprintln!("yorker: SIGHUP: {n} token key(s) reloaded"),
+                        Ok(n) => tracing::info!("SIGHUP: {n} token key(s) reloaded"),
                         Err(e) => {
-                            eprintln!("yorker: SIGHUP: keys not reloaded, the old ones stay: {e}")
+                            tracing::warn!("SIGHUP: keys not reloaded, the old ones stay: {e}")
                         }
                     },
-                    None => eprintln!("yorker: SIGHUP: nothing to reload (no --jwt-key)"),
+                    None => tracing::info!("SIGHUP: nothing to reload (no --jwt-key)"),
                 }
             } else {
-                eprintln!("yorker: signal {sig}: stopping (GOAWAY to every client, draining)");
+                tracing::info!("signal {sig}: stopping (GOAWAY to every client, draining)");
                 break 'watch;
             }
         }
         let dead = server.dead_shards();
         if !dead.is_empty() {
-            eprintln!(
-                "yorker: shard(s) {dead:?} ended unexpectedly: sending GOAWAY on the others, draining, exiting 1 (a supervisor should restart yorker)"
+            tracing::error!(
+                "shard(s) {dead:?} ended unexpectedly: sending GOAWAY on the others, draining, exiting 1 (a supervisor should restart yorker)"
             );
             failed = true;
             break;
@@ -194,7 +209,7 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
     // A second signal aborts the drain.
     std::thread::spawn(move || {
         if signals.forever().any(|s| s != SIGHUP) {
-            eprintln!("yorker: second signal, exiting now");
+            tracing::warn!("second signal, exiting now");
             std::process::exit(130);
         }
     });
@@ -209,12 +224,12 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
         o.stop();
     }
     let t = server.totals();
-    eprintln!(
-        "yorker: stopped. {}",
+    tracing::info!(
+        "stopped. {}",
         stats_line(&t, &Totals::default(), Duration::ZERO)
     );
     if feed {
-        eprintln!("yorker: {}", feed_stats.line());
+        tracing::info!("{}", feed_stats.line());
     }
     // Every other holder of the server is gone: the exit code reports every shard's end.
     let server = Arc::try_unwrap(server).expect("the stats thread has been joined");
@@ -222,7 +237,7 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
         Ok(()) if !failed => ExitCode::SUCCESS,
         Ok(()) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("yorker: shard error: {e}");
+            tracing::error!("shard error: {e}");
             ExitCode::from(1)
         }
     }
@@ -241,13 +256,13 @@ fn stats_loop(server: &Server, every: Duration, feed: Option<&FeedStats>, stop: 
             std::thread::sleep(Duration::from_millis(50).min(until - Instant::now()));
         }
         let t = server.totals();
-        eprintln!(
-            "yorker: {} fanout_max_us={}",
+        tracing::info!(
+            "{} fanout_max_us={}",
             stats_line(&t, &last, at.elapsed()),
             server.take_fanout_max_us()
         );
         if let Some(f) = feed {
-            eprintln!("yorker: {}", f.line());
+            tracing::info!("{}", f.line());
         }
         last = t;
         at = Instant::now();

@@ -400,7 +400,7 @@ impl ServeArgs {
             // Every UPDATE must fit one datagram (with its topic name and the header).
             let fits = MulticastOut::MAX_FRAME;
             if max_frame > fits {
-                eprintln!("yorker: --max-frame {max_frame} lowered to {fits} so that every update fits one feed datagram");
+                tracing::warn!("--max-frame {max_frame} lowered to {fits} so that every update fits one feed datagram");
                 max_frame = fits;
             }
             Some(MulticastOut {

@@ -13,6 +13,15 @@ use yorker_wire::*;
 
 const T: Duration = Duration::from_secs(10);
 
+/// The address in the engine's "listening on ADDR ..." log line.
+fn listening_addr(line: &str) -> std::net::SocketAddr {
+    line.split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
+
 fn now() -> u64 {
     jsonwebtoken::get_current_timestamp()
 }
@@ -74,7 +83,7 @@ fn sigterm_sends_goaway_and_exits_zero() {
             break;
         }
     }
-    let addr: std::net::SocketAddr = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    let addr = listening_addr(&line);
     let mut c = Client::connect(addr, Role::Subscriber);
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -174,7 +183,7 @@ fn sighup_reloads_the_keys() {
         }
     };
     let line = next_line("listening on");
-    let addr: std::net::SocketAddr = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    let addr = listening_addr(&line);
     let token = |secret: [u8; 32]| {
         let mut h = Header::new(Algorithm::HS256);
         h.kid = Some("main".into());
