@@ -10,9 +10,10 @@
 #![warn(missing_docs)]
 
 pub mod bus;
-pub mod driver;
+mod driver;
 pub mod proto;
-pub mod server;
-pub mod stats;
+mod server;
+mod stats;
 
 pub use server::{ConfigError, Server, ServerConfig, StartError, Totals};
+pub use stats::SharedStats;

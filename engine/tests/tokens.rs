@@ -95,28 +95,6 @@ fn server(grace_ms: u64, require_token: bool) -> yorker_engine::Server {
     start(cfg)
 }
 
-/// HELLO version 2 with `token`; WELCOME then AUTH_OK expected.
-fn connect(addr: std::net::SocketAddr, role: Role, token: String) -> Client {
-    let mut c = Client::raw(addr);
-    c.hello_with(2, role, token, T).expect("WELCOME");
-    assert_eq!(c.welcome.as_ref().unwrap().version, 2);
-    match c.next(T) {
-        Some(Frame::AuthOk { .. }) => c,
-        other => panic!("expected AUTH_OK, got {other:?}"),
-    }
-}
-
-fn refused(addr: std::net::SocketAddr, version: u16, role: Role, token: String) -> String {
-    let mut c = Client::raw(addr);
-    match c.hello_with(version, role, token, T) {
-        Err(Some(Frame::Error(e))) => {
-            assert_eq!(e.code, ErrorCode::AuthFailed as u16, "{e:?}");
-            e.message
-        }
-        other => panic!("expected ERROR auth_failed, got {other:?}"),
-    }
-}
-
 fn results(c: &mut Client, topics: &[&str]) -> Vec<SubResult> {
     c.subscribe_with(
         topics
@@ -148,7 +126,7 @@ fn tokens_grant_per_user_topics_and_patterns() {
             serde_json::json!({"sub": "alice", "exp": exp, "subscribe": ["room/{sub}/**", "match/*"]}),
         ),
     ] {
-        let mut c = connect(addr, Role::Subscriber, token);
+        let mut c = connect_with_token(addr, Role::Subscriber, token);
         assert_eq!(
             results(
                 &mut c,
@@ -174,14 +152,14 @@ fn tokens_grant_per_user_topics_and_patterns() {
         );
     }
     // A publisher token limited to some topics; a private update reaches its user only.
-    let mut p = connect(
+    let mut p = connect_with_token(
         addr,
         Role::Publisher,
         hs(
             serde_json::json!({"sub": "bets-service", "exp": exp, "role": "publisher", "publish": ["user/*", "user/*/**"]}),
         ),
     );
-    let mut alice = connect(
+    let mut alice = connect_with_token(
         addr,
         Role::Subscriber,
         hs(serde_json::json!({"sub": "alice", "exp": exp})),
@@ -233,14 +211,14 @@ fn an_expired_session_is_closed_after_its_grace_unless_refreshed() {
     canary.subscribe("canary", false);
     let mut p = Client::connect(addr, Role::Publisher);
     // Expires within two seconds; nothing refreshes it.
-    let mut late = connect(
+    let mut late = connect_with_token(
         addr,
         Role::Subscriber,
         hs(serde_json::json!({"sub": "bob", "exp": now() + 2})),
     );
     late.subscribe("user/bob", true);
     // Expires as soon, but refreshed in time with a longer token (same subject).
-    let mut fresh = connect(
+    let mut fresh = connect_with_token(
         addr,
         Role::Subscriber,
         hs(

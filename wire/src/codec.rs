@@ -284,19 +284,9 @@ impl Decoder {
 /// Decodes one frame from the front of `buf`, consuming it, or returns `Ok(None)` and consumes
 /// nothing when `buf` does not yet hold a whole frame.
 pub fn decode_one(buf: &mut BytesMut, max_frame: u32) -> Result<Option<Frame>, DecodeError> {
-    if buf.len() < LENGTH_PREFIX {
+    let Some(len) = frame_len(buf, max_frame)? else {
         return Ok(None);
-    }
-    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
-    if len == 0 {
-        return Err(DecodeError::EmptyFrame);
-    }
-    if len > max_frame {
-        return Err(DecodeError::FrameTooLarge {
-            len,
-            max: max_frame,
-        });
-    }
+    };
     // The type byte is checked as soon as it arrives so garbage is refused without waiting
     // for a (possibly huge) body.
     if buf.len() > LENGTH_PREFIX && frame_name(buf[LENGTH_PREFIX]) == "?" {
@@ -313,6 +303,25 @@ pub fn decode_one(buf: &mut BytesMut, max_frame: u32) -> Result<Option<Frame>, D
     decode_body(body).map(Some)
 }
 
+/// The length prefix at the front of `buf`, checked against `max_frame` (`None`: fewer than
+/// four bytes so far). A frame is refused as soon as its prefix arrives, never after its body.
+fn frame_len(buf: &[u8], max_frame: u32) -> Result<Option<u32>, DecodeError> {
+    let Some(prefix) = buf.get(..LENGTH_PREFIX) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes(prefix.try_into().expect("4 bytes"));
+    if len == 0 {
+        return Err(DecodeError::EmptyFrame);
+    }
+    if len > max_frame {
+        return Err(DecodeError::FrameTooLarge {
+            len,
+            max: max_frame,
+        });
+    }
+    Ok(Some(len))
+}
+
 /// Splits the whole frames at the front of `buf` without copying: calls `on` with each frame's
 /// body (type byte first) and returns the bytes consumed; an incomplete frame at the end is
 /// left for the next call. For receivers that must not allocate per frame (the load
@@ -323,17 +332,7 @@ pub fn split_frames(
     mut on: impl FnMut(&[u8]) -> Result<(), DecodeError>,
 ) -> Result<usize, DecodeError> {
     let mut pos = 0;
-    while buf.len() - pos >= LENGTH_PREFIX {
-        let len = u32::from_be_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]);
-        if len == 0 {
-            return Err(DecodeError::EmptyFrame);
-        }
-        if len > max_frame {
-            return Err(DecodeError::FrameTooLarge {
-                len,
-                max: max_frame,
-            });
-        }
+    while let Some(len) = frame_len(&buf[pos..], max_frame)? {
         let end = pos + LENGTH_PREFIX + len as usize;
         if buf.len() < end {
             break;

@@ -32,27 +32,6 @@ fn dir() -> std::path::PathBuf {
     d
 }
 
-/// HELLO version 2 with `token`; WELCOME then AUTH_OK expected.
-fn connect(addr: std::net::SocketAddr, role: Role, token: String) -> Client {
-    let mut c = Client::raw(addr);
-    c.hello_with(2, role, token, T).expect("WELCOME");
-    match c.next(T) {
-        Some(Frame::AuthOk { .. }) => c,
-        other => panic!("expected AUTH_OK, got {other:?}"),
-    }
-}
-
-fn refused(addr: std::net::SocketAddr, version: u16, role: Role, token: String) -> String {
-    let mut c = Client::raw(addr);
-    match c.hello_with(version, role, token, T) {
-        Err(Some(Frame::Error(e))) => {
-            assert_eq!(e.code, ErrorCode::AuthFailed as u16, "{e:?}");
-            e.message
-        }
-        other => panic!("expected ERROR auth_failed, got {other:?}"),
-    }
-}
-
 #[test]
 fn sigterm_sends_goaway_and_exits_zero() {
     let bin = env!("CARGO_BIN_EXE_yorker");
@@ -194,7 +173,7 @@ fn sighup_reloads_the_keys() {
         )
         .unwrap()
     };
-    let _old = connect(addr, Role::Subscriber, token([5; 32]));
+    let _old = connect_with_token(addr, Role::Subscriber, token([5; 32]));
     assert!(refused(addr, 2, Role::Subscriber, token([6; 32])).contains("signature"));
     std::fs::write(&key, [6u8; 32]).unwrap();
     let kill = |sig: &str| {
@@ -206,7 +185,7 @@ fn sighup_reloads_the_keys() {
     };
     kill("-HUP");
     next_line("reloaded");
-    let _new = connect(addr, Role::Subscriber, token([6; 32]));
+    let _new = connect_with_token(addr, Role::Subscriber, token([6; 32]));
     assert!(refused(addr, 2, Role::Subscriber, token([5; 32])).contains("signature"));
     kill("-TERM");
     assert_eq!(child.wait().unwrap().code(), Some(0));

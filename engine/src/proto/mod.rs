@@ -29,8 +29,8 @@ pub mod outbox;
 pub mod registry;
 mod relay_link;
 mod session;
-pub mod slot;
-pub mod subscribers;
+mod slot;
+mod subscribers;
 mod subscriptions;
 mod timers;
 
@@ -51,7 +51,7 @@ use self::subscribers::SubIndex;
 use self::timers::Deadlines;
 
 pub use self::registry::UpdateMsg;
-pub use self::slot::Token;
+pub use self::slot::{SlotState, Token};
 
 /// The time, as the driver read it once for a batch of inputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -356,10 +356,10 @@ impl Shard {
     }
 
     /// The state of a slot (tests, diagnostics).
-    pub fn slot_state(&self, slot: u32) -> slot::SlotState {
+    pub fn slot_state(&self, slot: u32) -> SlotState {
         self.slots
             .get(slot as usize)
-            .map_or(slot::SlotState::Free, |s| s.public_state())
+            .map_or(SlotState::Free, |s| s.public_state())
     }
 
     pub(crate) fn next_rand(&mut self) -> u64 {
@@ -384,8 +384,8 @@ impl Shard {
                 }
             }
             Input::RecvEnded(t, result) => self.on_recv_ended(t, result),
-            Input::SendDone(t) => self.on_send_done(t, now),
-            Input::SendFailed(t) => self.on_send_failed(t),
+            Input::SendDone(t) => self.on_send_end(t, true, now),
+            Input::SendFailed(t) => self.on_send_end(t, false, now),
             Input::Closed(t) => self.on_closed(t),
             Input::Update(m) => self.on_update(m, now),
         }

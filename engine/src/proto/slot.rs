@@ -301,12 +301,17 @@ impl Shard {
         }
     }
 
-    pub(crate) fn on_send_done(&mut self, t: Token, now: Now) {
+    /// The connection's send ended: `ok` when every byte went out.
+    pub(crate) fn on_send_end(&mut self, t: Token, ok: bool, now: Now) {
         if !self.same(t) {
             return;
         }
         let slot = t.slot;
         match &mut self.slots[slot as usize].state {
+            State::Live(c) if !ok => {
+                c.sending = false;
+                self.abort(slot);
+            }
             State::Live(c) => {
                 c.sending = false;
                 c.last_tx_ms = now.ms as u32;
@@ -317,24 +322,6 @@ impl Shard {
                     // Idle now: the heartbeat may be due before what it waited for.
                     self.schedule(slot, now);
                 }
-            }
-            State::Closing { send_in_flight, .. } => {
-                *send_in_flight = false;
-                self.maybe_close(slot);
-            }
-            _ => {}
-        }
-    }
-
-    pub(crate) fn on_send_failed(&mut self, t: Token) {
-        if !self.same(t) {
-            return;
-        }
-        let slot = t.slot;
-        match &mut self.slots[slot as usize].state {
-            State::Live(c) => {
-                c.sending = false;
-                self.abort(slot);
             }
             State::Closing { send_in_flight, .. } => {
                 *send_in_flight = false;

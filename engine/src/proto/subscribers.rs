@@ -138,6 +138,7 @@ impl SubIndex {
     }
 
     /// Checks the two directions agree (tests).
+    #[cfg(test)]
     pub fn check(&self) {
         let mut n = 0;
         for (slot, subs) in self.by_conn.iter().enumerate() {

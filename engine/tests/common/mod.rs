@@ -259,3 +259,27 @@ impl Client {
         }
     }
 }
+
+/// HELLO version 2 with `token`: WELCOME, then AUTH_OK (the token was verified).
+pub fn connect_with_token(addr: SocketAddr, role: Role, token: String) -> Client {
+    let mut c = Client::raw(addr);
+    c.hello_with(2, role, token, Duration::from_secs(10))
+        .expect("WELCOME");
+    assert_eq!(c.welcome.as_ref().unwrap().version, 2);
+    match c.next(Duration::from_secs(10)) {
+        Some(Frame::AuthOk { .. }) => c,
+        other => panic!("expected AUTH_OK, got {other:?}"),
+    }
+}
+
+/// HELLO with `token` must be refused with ERROR auth_failed; returns its message.
+pub fn refused(addr: SocketAddr, version: u16, role: Role, token: String) -> String {
+    let mut c = Client::raw(addr);
+    match c.hello_with(version, role, token, Duration::from_secs(10)) {
+        Err(Some(Frame::Error(e))) => {
+            assert_eq!(e.code, ErrorCode::AuthFailed as u16, "{e:?}");
+            e.message
+        }
+        other => panic!("expected ERROR auth_failed, got {other:?}"),
+    }
+}
