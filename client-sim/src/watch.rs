@@ -4,7 +4,6 @@ use std::io::{IsTerminal, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use clap::Args;
 use yorker_wire::score::BallEvent;
 use yorker_wire::*;
@@ -29,67 +28,76 @@ pub struct WatchArgs {
     pub updates: u64,
 }
 
-/// Follows a match until the limits; returns the exit code.
+/// Follows a match until the limits; returns the exit code. Built on the one client session of
+/// `yorker-wire`: it reconnects by itself (backoff with jitter, GOAWAY hints) and resumes the
+/// match from the last ball it showed.
 pub fn run(a: &WatchArgs) -> Result<i32, String> {
-    let mut s =
-        TcpStream::connect(a.addr).map_err(|e| format!("cannot connect to {}: {e}", a.addr))?;
-    let mut b = BytesMut::new();
-    for f in [
-        Frame::Hello(Hello {
-            version: 1,
-            role: Role::Subscriber,
-            client_name: "yorker-sim watch".into(),
-            token: String::new(),
-        }),
-        Frame::Subscribe(Subscribe {
-            request_id: 1,
-            entries: vec![SubscribeEntry {
-                topic: match_topic(a.match_id),
-                resume: None,
-                conflate: true,
-            }],
-        }),
-    ] {
-        f.encode(&mut b).map_err(|e| e.to_string())?;
-    }
-    s.write_all(&b).map_err(|e| e.to_string())?;
+    let mut cs = ClientSession::new(ClientConfig {
+        name: "yorker-sim watch".into(),
+        seed: crate::fleet::unix_us(),
+        ..ClientConfig::default()
+    });
+    cs.subscribe(&match_topic(a.match_id), true);
     let tty = std::io::stdout().is_terminal();
-    let mut dec = Decoder::new(MAX_MAX_FRAME);
     let mut card = Scorecard::default();
     let start = Instant::now();
-    let mut heartbeat = Duration::from_secs(5);
-    let mut last_ping = Instant::now();
+    let now = || start.elapsed().as_millis() as u64;
+    let mut stream: Option<TcpStream> = None;
     let mut buf = vec![0u8; 65536];
-    s.set_read_timeout(Some(Duration::from_millis(500)))
-        .map_err(|e| e.to_string())?;
     while start.elapsed() < Duration::from_secs(a.seconds)
         && (a.updates == 0 || card.updates < a.updates)
     {
-        if last_ping.elapsed() >= heartbeat / 3 {
-            let ping = Frame::Ping { nonce: 0 }
-                .to_bytes()
-                .map_err(|e| e.to_string())?;
-            s.write_all(&ping).map_err(|e| e.to_string())?;
-            last_ping = Instant::now();
-        }
-        match s.read(&mut buf) {
-            Ok(0) => return Err("the server closed the connection".into()),
-            Ok(n) => dec.feed(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
+        if cs.poll_connect(now()) {
+            match TcpStream::connect_timeout(&a.addr, Duration::from_secs(5)) {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    stream = Some(s);
+                    cs.on_connected(now());
+                }
+                Err(_) => cs.on_disconnected(now()),
             }
-            Err(e) => return Err(e.to_string()),
         }
-        while let Some(f) = dec.next_frame().map_err(|e| e.to_string())? {
-            match f {
-                Frame::Welcome(w) => heartbeat = Duration::from_millis(w.heartbeat_ms as u64),
-                Frame::Update(u) => {
-                    if let Ok(e) = BallEvent::decode(&u.payload) {
+        if let Some(s) = stream.as_mut() {
+            let out = cs.poll_transmit(now());
+            if !out.is_empty() && s.write_all(&out).is_err() {
+                stream = None;
+                cs.on_disconnected(now());
+            }
+        }
+        let wait = cs
+            .poll_timeout()
+            .map_or(500, |t| t.saturating_sub(now()))
+            .clamp(1, 500);
+        match stream.as_mut() {
+            Some(s) => {
+                s.set_read_timeout(Some(Duration::from_millis(wait)))
+                    .map_err(|e| e.to_string())?;
+                match s.read(&mut buf) {
+                    Ok(0) => {
+                        stream = None;
+                        cs.on_disconnected(now());
+                    }
+                    Ok(n) => cs.handle_bytes(&buf[..n], now()),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => {
+                        stream = None;
+                        cs.on_disconnected(now());
+                    }
+                }
+            }
+            None => std::thread::sleep(Duration::from_millis(wait)),
+        }
+        if cs.poll_timeout().is_some_and(|t| t <= now()) {
+            cs.handle_timeout(now());
+        }
+        while let Some(ev) = cs.poll_event() {
+            match ev {
+                ClientEvent::Update { update, .. } | ClientEvent::Reset { update, .. } => {
+                    if let Ok(e) = BallEvent::decode(&update.payload) {
                         card.apply(e);
                         if tty {
                             print!("\x1b[2J\x1b[H");
@@ -101,17 +109,20 @@ pub fn run(a: &WatchArgs) -> Result<i32, String> {
                         let _ = std::io::stdout().flush();
                     }
                 }
-                Frame::GoAway(g) => {
-                    println!(
-                        "server going away: reconnect after {} ms",
-                        g.reconnect_after_ms
-                    );
-                    return Ok(0);
+                ClientEvent::Disconnected {
+                    reason,
+                    retry_in_ms,
+                } => {
+                    stream = None;
+                    match retry_in_ms {
+                        Some(ms) => eprintln!("disconnected ({reason:?}); reconnecting in {ms} ms"),
+                        None => return Err(format!("disconnected: {reason:?}")),
+                    }
                 }
-                Frame::Error(e) => return Err(format!("server error {}: {}", e.code, e.message)),
                 _ => {}
             }
         }
     }
+    cs.close();
     Ok(0)
 }
