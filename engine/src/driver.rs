@@ -105,6 +105,7 @@ pub fn run(
     }
     let _ = started.send(Ok(()));
     tracing::debug!(cpu = ?setup.cpu, slots = setup.ring.files, "shard up");
+    let fault = fault_hook(setup.id);
 
     let start = setup.epoch_instant;
     let registry = shard.registry().clone();
@@ -116,6 +117,12 @@ pub fn run(
     let mut shutdown_seen = false;
     let mut hard_deadline: Option<Instant> = None;
     loop {
+        if fault.is_some_and(|at| Instant::now() >= at) {
+            panic!(
+                "YORKER_TEST_KILL_SHARD: shard {} killed on purpose",
+                setup.id
+            );
+        }
         let t = now(start);
         let fanout_start = Instant::now();
         let drained = setup.inbox.drain(|m| shard.handle(Input::Update(&m), t));
@@ -230,6 +237,16 @@ pub fn run(
         .store(&shard.stats(), ring.enters(), ring.sends_in_flight());
     tracing::debug!("shard stopped");
     Ok(())
+}
+
+/// Test-only fault injection: `YORKER_TEST_KILL_SHARD=ID:MS` makes shard ID panic MS
+/// milliseconds after it started, so tests can check that a dead shard is noticed, the others
+/// drain, and the process exits non-zero. Unset (always, in production) it does nothing.
+fn fault_hook(id: usize) -> Option<Instant> {
+    let v = std::env::var("YORKER_TEST_KILL_SHARD").ok()?;
+    let (shard, ms) = v.split_once(':')?;
+    let (shard, ms): (usize, u64) = (shard.parse().ok()?, ms.parse().ok()?);
+    (shard == id).then(|| Instant::now() + Duration::from_millis(ms))
 }
 
 /// Turns the shard's outputs into submissions; a PUBLISH is applied to the registry (sequence

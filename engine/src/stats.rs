@@ -71,6 +71,7 @@ shared_stats!(
     outbox_bytes,
     accepted,
     refused_full,
+    refused_busy,
     updates_in,
     updates_fanned_out,
     deliveries,

@@ -282,7 +282,7 @@ fn relay_sessions_are_capped() {
     let mut r3 = Client::raw(addr);
     assert!(matches!(
         r3.hello(Role::Relay, T),
-        Err(Some(Frame::Error(e))) if e.code == ErrorCode::ServerFull as u16
+        Err(Some(Frame::GoAway(g))) if g.code == ErrorCode::ServerFull as u16 && g.reconnect_after_ms >= 1000
     ));
     // A slot frees when a relay leaves.
     drop(r1);
@@ -391,5 +391,46 @@ fn topic_history_memory_is_capped_over_all_topics() {
         "{held} bytes of history over all topics"
     );
     assert!(held >= 60_000, "some history is kept");
+    canary.check();
+}
+
+/// Issue 12: a reconnect herd is admitted at --accept-rate per core; the rest are turned away
+/// with GOAWAY server_busy and a jittered retry hint (never a bare ERROR), and come back later.
+#[test]
+fn a_connection_herd_is_admitted_at_the_accept_rate_and_told_when_to_return() {
+    let mut cfg = config(1);
+    cfg.core.accept_rate = 50;
+    cfg.core.goaway_base_ms = 200;
+    cfg.core.goaway_jitter_ms = 800;
+    let server = start(cfg);
+    let addr = server.local_addr();
+    let mut canary = Canary::start(addr);
+    let mut admitted = 0;
+    let mut hints = Vec::new();
+    for _ in 0..200 {
+        let mut c = Client::raw(addr);
+        match c.hello(Role::Subscriber, T) {
+            Ok(()) => admitted += 1,
+            Err(Some(Frame::GoAway(g))) => {
+                assert_eq!(g.code, ErrorCode::ServerBusy as u16);
+                hints.push(g.reconnect_after_ms);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    canary.check();
+    assert!(
+        (45..=150).contains(&admitted),
+        "{admitted} admitted from a burst of 200 at 50/s"
+    );
+    assert!(hints.iter().all(|h| (200..=1000).contains(h)));
+    hints.sort_unstable();
+    hints.dedup();
+    assert!(hints.len() > 20, "retry hints are spread: {hints:?}");
+    // After the hint, a client is admitted again.
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let mut late = Client::raw(addr);
+    assert!(late.hello(Role::Subscriber, T).is_ok());
+    assert!(server.totals().core.refused_busy >= 50);
     canary.check();
 }

@@ -149,6 +149,10 @@ pub struct ServeArgs {
     /// ... plus a random share of this many ms, so reconnects spread out.
     #[arg(long, env = "YORKER_GOAWAY_JITTER_MS", default_value_t = 4_000)]
     pub goaway_jitter_ms: u32,
+    /// New connections admitted per second per core (a burst of as many); beyond it they get
+    /// GOAWAY server_busy with a retry hint. 0: no limit.
+    #[arg(long, env = "YORKER_ACCEPT_RATE", default_value_t = 20_000)]
+    pub accept_rate: u32,
     /// Time a closing connection (or the whole server on shutdown) has to flush.
     #[arg(long, env = "YORKER_DRAIN_MS", default_value_t = 2_000)]
     pub drain_ms: u64,
@@ -449,6 +453,7 @@ impl ServeArgs {
                 goaway_base_ms: self.goaway_base_ms,
                 goaway_jitter_ms: self.goaway_jitter_ms,
                 drain_ms: self.drain_ms,
+                accept_rate: self.accept_rate,
             },
             registry: RegistryLimits {
                 history_depth: self.history_depth,

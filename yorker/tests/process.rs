@@ -190,3 +190,62 @@ fn sighup_reloads_the_keys() {
     kill("-TERM");
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+/// A shard that dies (here: panics through the test-only fault hook) is noticed: the process
+/// logs it, sends GOAWAY on the other shards' connections, drains and exits 1 so that a
+/// supervisor restarts it.
+#[test]
+fn a_dead_shard_drains_the_others_and_exits_1() {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_yorker"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--cores", "2"])
+        .args(["--stats-interval", "0", "--goaway-jitter-ms", "0"])
+        .env("YORKER_TEST_KILL_SHARD", "1:700")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("yorker starts");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    let addr = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "yorker exited early"
+        );
+        log.push_str(&line);
+        if line.contains("listening on") {
+            break listening_addr(&line);
+        }
+    };
+    // Connections land on both shards (SO_REUSEPORT hashes their source ports).
+    let mut clients: Vec<Client> = (0..40)
+        .map(|_| Client::connect(addr, Role::Subscriber))
+        .collect();
+    let mut goaways = 0;
+    for c in &mut clients {
+        loop {
+            match c.next(T) {
+                Some(Frame::GoAway(g)) => {
+                    assert_eq!(g.code, ErrorCode::ShuttingDown as u16);
+                    goaways += 1;
+                    break;
+                }
+                Some(Frame::Heartbeat) => continue,
+                None => break, // on the dead shard: the connection just ends
+                Some(other) => panic!("{other:?}"),
+            }
+        }
+    }
+    assert!(
+        goaways > 0,
+        "no connection of the surviving shard got GOAWAY"
+    );
+    assert!(goaways < 40, "no connection was on the dead shard");
+    let status = child.wait().unwrap();
+    for line in stderr.lines() {
+        log.push_str(&line.unwrap());
+        log.push('\n');
+    }
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("ended unexpectedly"), "{log}");
+}

@@ -121,6 +121,9 @@ pub struct CoreConfig {
     pub goaway_jitter_ms: u32,
     /// How long a closing connection may take to flush its last frames.
     pub drain_ms: u64,
+    /// Connections a core admits per second (a token bucket, with a burst of as many); beyond
+    /// it a new connection gets GOAWAY `server_busy` with a retry hint. 0: no limit.
+    pub accept_rate: u32,
 }
 
 impl Default for CoreConfig {
@@ -148,6 +151,7 @@ impl Default for CoreConfig {
             goaway_base_ms: 1_000,
             goaway_jitter_ms: 4_000,
             drain_ms: 2_000,
+            accept_rate: 20_000,
         }
     }
 }
@@ -165,6 +169,8 @@ pub struct CoreStats {
     pub accepted: u64,
     /// Connections refused with server_full.
     pub refused_full: u64,
+    /// Connections turned away by the accept rate limit (GOAWAY server_busy).
+    pub refused_busy: u64,
     /// PUBLISH frames accepted from this shard's publishers.
     pub updates_in: u64,
     /// Updates received over the bus.
@@ -279,6 +285,9 @@ pub struct Shard {
     pub(crate) overflowed: Vec<u32>,
     /// Next housekeeping (relay epochs), ms.
     pub(crate) housekeeping_ms: u64,
+    /// Accept token bucket: tokens, and when it was last refilled (ms).
+    pub(crate) accept_tokens: f64,
+    pub(crate) accept_refill_ms: u64,
     rng: u64,
 }
 
@@ -303,7 +312,8 @@ impl Shard {
         let slots = cfg.max_connections + 64;
         let mut table = Vec::new();
         table.resize_with(slots, Slot::default);
-        Shard {
+        let accept_tokens = cfg.accept_rate as f64;
+        let mut shard = Shard {
             cfg,
             registry,
             slots: table,
@@ -320,8 +330,37 @@ impl Shard {
             shutting_down: false,
             overflowed: Vec::new(),
             housekeeping_ms: HOUSEKEEPING_MS,
+            accept_tokens: 0.0,
+            accept_refill_ms: 0,
             rng: seed | 1,
+        };
+        shard.accept_tokens = accept_tokens;
+        shard
+    }
+
+    /// Takes one admission from the accept token bucket (refilled at `accept_rate` per second,
+    /// holding at most a second's worth).
+    pub(crate) fn admit(&mut self, now: Now) -> bool {
+        let rate = self.cfg.accept_rate as f64;
+        if rate == 0.0 {
+            return true;
         }
+        let dt = now.ms.saturating_sub(self.accept_refill_ms) as f64 / 1000.0;
+        self.accept_refill_ms = now.ms;
+        self.accept_tokens = (self.accept_tokens + dt * rate).min(rate);
+        if self.accept_tokens >= 1.0 {
+            self.accept_tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A reconnect hint for a connection turned away: `goaway_base_ms` plus a random share of
+    /// `goaway_jitter_ms`, so refused clients come back spread out.
+    pub(crate) fn retry_hint(&mut self) -> u32 {
+        let jitter = (self.next_rand() % (self.cfg.goaway_jitter_ms as u64 + 1)) as u32;
+        self.cfg.goaway_base_ms + jitter
     }
 
     /// Counters, with the gauges filled in.
@@ -447,8 +486,7 @@ impl Shard {
         for slot in 0..self.slots.len() as u32 {
             match self.conn(slot).map(|c| c.phase) {
                 Some(slot::Phase::Active(_)) => {
-                    let jitter = (self.next_rand() % (self.cfg.goaway_jitter_ms as u64 + 1)) as u32;
-                    let after = self.cfg.goaway_base_ms + jitter;
+                    let after = self.retry_hint();
                     self.go_away(
                         slot,
                         yorker_wire::ErrorCode::ShuttingDown,

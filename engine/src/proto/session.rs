@@ -125,7 +125,7 @@ impl Shard {
         };
         if h.role == Role::Relay && !self.registry.try_add_relay(self.cfg.max_relays) {
             self.stats.auth_refused += 1;
-            return self.fail(
+            return self.refuse(
                 slot,
                 ErrorCode::ServerFull,
                 "relay connection limit reached (--max-relays)",

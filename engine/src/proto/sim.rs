@@ -563,6 +563,9 @@ impl World {
                         "{e:?}"
                     );
                 }
+                Frame::GoAway(g) => {
+                    assert_eq!(g.code, ErrorCode::ServerFull as u16, "{g:?}");
+                }
                 Frame::Welcome(_) | Frame::Pong { .. } | Frame::Heartbeat => {}
                 other => panic!("unexpected {other:?}"),
             }

@@ -251,8 +251,10 @@ impl Shard {
         let t = self.token(slot);
         self.out.push_back(Output::ArmRecv(t));
         self.schedule(slot, now);
+        // Turned away with GOAWAY and a jittered retry hint, never a bare ERROR: refused
+        // clients come back spread out, not as a herd.
         if self.shutting_down {
-            self.fail(
+            self.refuse(
                 slot,
                 ErrorCode::ShuttingDown,
                 "server is shutting down",
@@ -260,10 +262,18 @@ impl Shard {
             );
         } else if self.live_connections() > self.cfg.max_connections {
             self.stats.refused_full += 1;
-            self.fail(
+            self.refuse(
                 slot,
                 ErrorCode::ServerFull,
                 "connection limit of this core reached",
+                now,
+            );
+        } else if !self.admit(now) {
+            self.stats.refused_busy += 1;
+            self.refuse(
+                slot,
+                ErrorCode::ServerBusy,
+                "too many new connections: retry after the hint",
                 now,
             );
         }
@@ -477,6 +487,37 @@ impl Shard {
         };
         self.total_outbox = self.total_outbox - cleared + f.len();
         self.stats.errors_sent += 1;
+        self.drop_subscriptions(slot);
+        self.drop_pending(slot);
+        self.mark_ready(slot);
+        self.schedule(slot, now);
+        self.close_if_flushed(slot);
+    }
+
+    /// Turns a connection away: GOAWAY with `code` and a jittered retry hint, then close once
+    /// flushed. Unlike ERROR it tells the client when to come back; it may come before WELCOME.
+    pub(crate) fn refuse(&mut self, slot: u32, code: ErrorCode, message: &str, now: Now) {
+        let after = self.retry_hint();
+        let f = yorker_wire::Frame::GoAway(yorker_wire::GoAway {
+            code: code as u16,
+            reconnect_after_ms: after,
+            message: message.into(),
+        })
+        .to_bytes()
+        .expect("goaway encodes");
+        let drain = self.cfg.drain_ms;
+        let Some(c) = self.conn_mut(slot) else {
+            return;
+        };
+        if matches!(c.phase, Phase::Draining { .. }) {
+            return;
+        }
+        let cleared = c.outbox.clear();
+        c.outbox.push_final(f.clone());
+        c.phase = Phase::Draining {
+            deadline_ms: now.ms + drain,
+        };
+        self.total_outbox = self.total_outbox - cleared + f.len();
         self.drop_subscriptions(slot);
         self.drop_pending(slot);
         self.mark_ready(slot);
