@@ -1,8 +1,13 @@
 //! The cross-shard bus: one lock-free MPSC queue per shard, and an eventfd doorbell that wakes
 //! the shard's ring. Doorbells are coalesced: a publisher rings only if the shard has not been
 //! rung since it last drained its queue.
+//!
+//! Each queue is bounded (`capacity` updates). A shard that falls that far behind (or died) does
+//! not make the others pile up memory: further updates for it are dropped and counted, and the
+//! shard, at its next drain, resynchronises its subscribers from the registry (each gets the
+//! latest value of its topics flagged SNAPSHOT|RESET, as after a failed resume).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_queue::SegQueue;
@@ -21,6 +26,10 @@ pub trait Tap: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 pub struct Inbox {
     queue: SegQueue<UpdateMsg>,
+    len: AtomicUsize,
+    capacity: usize,
+    overrun: AtomicBool,
+    dropped: AtomicU64,
     rung: AtomicBool,
     bell: EventFd,
 }
@@ -40,7 +49,30 @@ impl Inbox {
             f(m);
             n += 1;
         }
+        self.len.fetch_sub(n, Ordering::AcqRel);
         n
+    }
+
+    /// True (once) when updates were dropped since the last call: the shard must resynchronise.
+    pub fn take_overrun(&self) -> bool {
+        self.overrun.swap(false, Ordering::AcqRel)
+    }
+
+    /// Updates dropped because the queue was full, since start.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Queues `msg` unless the queue holds `capacity` updates already.
+    fn push(&self, msg: UpdateMsg) {
+        if self.len.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.overrun.store(true, Ordering::Release);
+        } else {
+            self.queue.push(msg);
+        }
+        self.ring();
     }
 
     /// Wakes the shard (shutdown, or an update).
@@ -59,12 +91,17 @@ pub struct ShardBus {
 }
 
 impl ShardBus {
-    /// A bus for `shards` shards; `tap` also gets every update (the origin's multicast feed).
-    pub fn new(shards: usize, tap: Option<Arc<dyn Tap>>) -> std::io::Result<Self> {
+    /// A bus for `shards` shards, each queue holding at most `capacity` updates; `tap` also
+    /// gets every update (the origin's multicast feed).
+    pub fn new(shards: usize, capacity: usize, tap: Option<Arc<dyn Tap>>) -> std::io::Result<Self> {
         let inboxes = (0..shards)
             .map(|_| {
                 Ok(Arc::new(Inbox {
                     queue: SegQueue::new(),
+                    len: AtomicUsize::new(0),
+                    capacity,
+                    overrun: AtomicBool::new(false),
+                    dropped: AtomicU64::new(0),
                     rung: AtomicBool::new(false),
                     bell: EventFd::new()?,
                 }))
@@ -97,12 +134,40 @@ impl ShardBus {
         for (i, inbox) in self.inboxes.iter().enumerate() {
             // The frame is shared: cloning the message bumps a reference count, no copy.
             if i == last {
-                inbox.queue.push(msg);
-                inbox.ring();
+                inbox.push(msg);
                 break;
             }
-            inbox.queue.push(msg.clone());
-            inbox.ring();
+            inbox.push(msg.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_inbox_drops_and_asks_for_a_resync() {
+        let bus = ShardBus::new(2, 3, None).unwrap();
+        let msg = |seq| UpdateMsg {
+            topic: 1,
+            seq,
+            flags: 0,
+            frame: bytes::Bytes::from_static(b"x"),
+        };
+        for seq in 1..=5 {
+            bus.publish(msg(seq));
+        }
+        let (a, b) = (bus.inbox(0), bus.inbox(1));
+        assert!(a.take_overrun() && !a.take_overrun());
+        assert_eq!(a.dropped(), 2);
+        let mut got = Vec::new();
+        assert_eq!(a.drain(|m| got.push(m.seq)), 3);
+        assert_eq!(got, vec![1, 2, 3]);
+        // Room again after the drain.
+        bus.publish(msg(6));
+        assert_eq!(a.drain(|_| {}), 1);
+        assert!(!a.take_overrun());
+        assert_eq!(b.drain(|_| {}), 4);
     }
 }

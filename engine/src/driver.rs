@@ -126,6 +126,13 @@ pub fn run(
         let t = now(start);
         let fanout_start = Instant::now();
         let drained = setup.inbox.drain(|m| shard.handle(Input::Update(&m), t));
+        if setup.inbox.take_overrun() {
+            tracing::warn!(
+                dropped = setup.inbox.dropped(),
+                "inbox overflowed: updates dropped; resynchronising this shard's subscribers"
+            );
+            shard.handle(Input::Resync, t);
+        }
         if setup.shutdown.load(Ordering::SeqCst) && !shutdown_seen {
             shutdown_seen = true;
             if accepting && accept_armed {

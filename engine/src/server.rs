@@ -42,6 +42,9 @@ pub struct ServerConfig {
     /// Gathered sends a shard submits at most between two looks at its completions (bounds
     /// how long inbound traffic waits during a big fan-out).
     pub sends_per_round: usize,
+    /// Updates a shard's inbox holds at most; beyond it they are dropped and the shard
+    /// resynchronises its subscribers (SNAPSHOT|RESET).
+    pub inbox_capacity: usize,
     /// Also hand every update to this tap as the shards get it (an origin's multicast feed,
     /// `yorker-relay`).
     pub tap: Option<Arc<dyn crate::bus::Tap>>,
@@ -60,6 +63,7 @@ impl Default for ServerConfig {
             recv_buffer_size: 2048,
             sq_entries: 4096,
             sends_per_round: 1024,
+            inbox_capacity: 1 << 20,
             tap: None,
         }
     }
@@ -171,6 +175,11 @@ impl ServerConfig {
             (1..=1024).contains(&c.max_frames_per_send),
             "--max-frames-per-send",
             "must be between 1 and 1024 (IOV_MAX)",
+        )?;
+        need(
+            self.inbox_capacity >= 1024,
+            "--inbox-capacity",
+            "must be at least 1024",
         )?;
         need(
             (1..=65_536).contains(&self.sends_per_round),
@@ -359,7 +368,11 @@ impl Server {
                     .map_err(|source| StartError::Listen { addr, source })?,
             );
         }
-        let bus = Arc::new(ShardBus::new(cfg.cores, cfg.tap.clone())?);
+        let bus = Arc::new(ShardBus::new(
+            cfg.cores,
+            cfg.inbox_capacity,
+            cfg.tap.clone(),
+        )?);
 
         // Pin shard i to the i-th CPU this process may run on (respects taskset and cpusets),
         // unless --cpus chose.

@@ -72,6 +72,7 @@ shared_stats!(
     accepted,
     refused_full,
     refused_busy,
+    resyncs,
     updates_in,
     updates_fanned_out,
     deliveries,

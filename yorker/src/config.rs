@@ -172,6 +172,10 @@ pub struct ServeArgs {
     /// how long inbound traffic waits during a big fan-out).
     #[arg(long, env = "YORKER_SENDS_PER_ROUND", default_value_t = 1024)]
     pub sends_per_round: usize,
+    /// Updates a core's inbox holds at most; beyond it they are dropped and that core
+    /// resynchronises its subscribers (SNAPSHOT|RESET).
+    #[arg(long, env = "YORKER_INBOX_CAPACITY", default_value_t = 1 << 20)]
+    pub inbox_capacity: usize,
     /// Seconds between one-line stats on stderr; 0 turns them off.
     #[arg(long, env = "YORKER_STATS_INTERVAL", default_value_t = 5)]
     pub stats_interval: u64,
@@ -467,6 +471,7 @@ impl ServeArgs {
             recv_buffer_size: self.recv_buffer_size,
             sq_entries: self.sq_entries,
             sends_per_round: self.sends_per_round,
+            inbox_capacity: self.inbox_capacity,
             tap: None,
         };
         cfg.validate().map_err(|e| e.to_string())?;

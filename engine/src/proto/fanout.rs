@@ -108,4 +108,54 @@ impl Shard {
         self.mark_ready(slot);
         true
     }
+
+    /// The shard's inbox overflowed and updates were lost for it: every subscriber gets its
+    /// topics' latest values again as SNAPSHOT|RESET (the protocol's "your state was lost,
+    /// here is the truth"), and relay links resynchronise from scratch. Older updates still
+    /// queued behind are skipped by each subscription's sequence filter.
+    pub(crate) fn resync(&mut self, now: Now) {
+        self.stats.resyncs += 1;
+        for slot in self.relays.iter().map(|r| r.slot).collect::<Vec<_>>() {
+            self.drop_relay_link(slot);
+            self.go_away(
+                slot,
+                ErrorCode::Resync,
+                0,
+                "updates lost: resynchronise",
+                now,
+            );
+        }
+        let epoch = self.registry.epoch();
+        let mut overflowed = std::mem::take(&mut self.overflowed);
+        for id in self.index.topics() {
+            let Some(t) = self.registry.get(id) else {
+                continue;
+            };
+            // A resume from another epoch always answers with the snapshot flagged RESET.
+            let gone = yorker_wire::ResumeFrom {
+                epoch: !epoch,
+                seq: 0,
+            };
+            let start = self.registry.start_subscription(&t, Some(gone), usize::MAX);
+            let Some(frame) = start.frames.into_iter().next() else {
+                continue; // no value yet: nothing was lost
+            };
+            let msg = UpdateMsg {
+                topic: id,
+                seq: start.seq,
+                flags: update_flags::SNAPSHOT | update_flags::RESET,
+                frame,
+            };
+            for slot in self.index.subscribers(id).to_vec() {
+                if !self.deliver(slot, &msg, false) {
+                    overflowed.push(slot);
+                }
+            }
+        }
+        for slot in overflowed.drain(..) {
+            self.stats.slow_disconnects += 1;
+            self.fail(slot, ErrorCode::SlowConsumer, "outbox limit reached", now);
+        }
+        self.overflowed = overflowed;
+    }
 }

@@ -171,6 +171,8 @@ pub struct CoreStats {
     pub refused_full: u64,
     /// Connections turned away by the accept rate limit (GOAWAY server_busy).
     pub refused_busy: u64,
+    /// Resynchronisations after the shard's inbox overflowed.
+    pub resyncs: u64,
     /// PUBLISH frames accepted from this shard's publishers.
     pub updates_in: u64,
     /// Updates received over the bus.
@@ -234,6 +236,10 @@ pub enum Input<'a> {
     Closed(Token),
     /// An update from the bus (this shard's own publishes included).
     Update(&'a UpdateMsg),
+    /// Updates for this shard were dropped (its inbox overflowed): every subscriber gets the
+    /// latest value of its topics again, flagged SNAPSHOT|RESET, and relay links are sent
+    /// away to resynchronise.
+    Resync,
 }
 
 /// What the shard wants done, besides transmits.
@@ -427,6 +433,7 @@ impl Shard {
             Input::SendFailed(t) => self.on_send_end(t, false, now),
             Input::Closed(t) => self.on_closed(t),
             Input::Update(m) => self.on_update(m, now),
+            Input::Resync => self.resync(now),
         }
     }
 

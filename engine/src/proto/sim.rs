@@ -64,6 +64,7 @@ struct Client {
     gone: bool,
     closed_by_server: bool,
     gaps: u64,
+    resets: u64,
 }
 
 /// What the fake kernel knows of one slot.
@@ -120,6 +121,7 @@ struct World {
     kernels: Vec<Kernel>,
     clients: Vec<Client>,
     bus: Vec<UpdateMsg>,
+    bus_history: Vec<UpdateMsg>,
     now: Now,
     tick: u64,
     next_req: u32,
@@ -159,6 +161,7 @@ impl World {
             kernels,
             clients: Vec::new(),
             bus: Vec::new(),
+            bus_history: Vec::new(),
             now: Now { ms: 1, unix_us: 1 },
             tick: 0,
             next_req: 1,
@@ -183,6 +186,7 @@ impl World {
             gone: false,
             closed_by_server: false,
             gaps: 0,
+            resets: 0,
         });
         let i = self.clients.len() - 1;
         self.send(
@@ -394,6 +398,7 @@ impl World {
                 self.shards[sh].handle(Input::Update(m), self.now);
             }
         }
+        self.bus_history.extend(msgs);
         for sh in 0..2 {
             self.drive(sh);
         }
@@ -539,6 +544,9 @@ impl World {
                 Frame::Update(u) => {
                     let v = c.topics.get_mut(&u.topic_id).expect("UPDATE after SUBACK");
                     let reset = u.flags & update_flags::RESET != 0;
+                    if reset {
+                        c.resets += 1;
+                    }
                     if !reset {
                         assert!(
                             u.seq > v.last_seq,
@@ -807,6 +815,72 @@ fn deadlines_stay_bounded_without_a_scan() {
             w.shards[sh].timers.len()
         );
     }
+}
+
+/// A shard whose inbox overflowed resynchronises: each subscriber gets the latest value as
+/// SNAPSHOT|RESET, and updates older than it that were still queued are skipped.
+#[test]
+fn an_overrun_shard_resyncs_its_subscribers_from_the_registry() {
+    let mut w = World::new(11, SlowPolicy::Conflate);
+    let p = w.connect(Role::Publisher, 1 << 20);
+    let subs: Vec<usize> = (0..6)
+        .map(|_| w.connect(Role::Subscriber, 1 << 20))
+        .collect();
+    for &i in &subs {
+        w.send(
+            i,
+            &Frame::Subscribe(Subscribe {
+                request_id: 1,
+                entries: vec![SubscribeEntry {
+                    topic: "m/1".into(),
+                    resume: None,
+                    conflate: false,
+                }],
+            }),
+        );
+        w.clients[i].requests.insert(1, vec![("m/1".into(), false)]);
+    }
+    for _ in 0..20 {
+        w.step();
+    }
+    for _ in 0..5 {
+        w.send(
+            p,
+            &Frame::Publish(Publish {
+                flags: 0,
+                topic: "m/1".into(),
+                payload: Bytes::from_static(b"v"),
+            }),
+        );
+    }
+    for _ in 0..20 {
+        w.step();
+    }
+    // Shard 1 lost updates: it resynchronises, then an old update still queued arrives.
+    let stale = w
+        .bus_history
+        .iter()
+        .find(|m| m.seq == 2)
+        .cloned()
+        .expect("seq 2 published");
+    w.shards[1].handle(Input::Resync, w.now);
+    w.shards[1].handle(Input::Update(&stale), w.now);
+    w.drive(1);
+    for _ in 0..20 {
+        w.step();
+    }
+    for &i in &subs {
+        let c = &w.clients[i];
+        let v = c.topics.values().next().expect("subscribed");
+        assert_eq!(v.last_seq, 5);
+        assert_eq!(
+            c.resets,
+            u64::from(c.shard == 1),
+            "client {i} on shard {}",
+            c.shard
+        );
+    }
+    assert_eq!(w.shards[1].stats().resyncs, 1);
 }
 
 mod fuzz {

@@ -48,6 +48,16 @@ impl SubIndex {
             .unwrap_or(&[])
     }
 
+    /// Topics with at least one subscriber on this shard.
+    pub fn topics(&self) -> Vec<u32> {
+        self.by_topic
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| !l.is_empty())
+            .map(|(t, _)| t as u32)
+            .collect()
+    }
+
     /// Subscriptions of `slot`.
     pub fn of_conn(&self, slot: u32) -> &[Sub] {
         self.by_conn
