@@ -304,7 +304,52 @@ fn claim(addr: SocketAddr) -> Result<UnixListener, StartError> {
     })
 }
 
-fn listener(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
+/// Listening TCP sockets on `port` in this network namespace (from /proc/net/tcp and tcp6).
+fn listeners_on(port: u16) -> usize {
+    let want = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|t| {
+            t.lines()
+                .skip(1)
+                .filter(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    // local_address is field 1 (ADDR:PORT in hex), st is field 3 (0A: LISTEN)
+                    f.len() > 3 && f[1].ends_with(&want) && f[3] == "0A"
+                })
+                .count()
+        })
+        .sum()
+}
+
+/// Waits (up to 10 s) until no socket listens on `port`: a previous engine of this port that
+/// was killed leaves its listeners in the SO_REUSEPORT group until its rings are torn down.
+/// Anything still listening after that is another program: refuse to share its port.
+fn wait_for_foreign_listeners(port: u16) -> io::Result<()> {
+    let start = Instant::now();
+    let mut logged = false;
+    while listeners_on(port) > 0 {
+        if start.elapsed() > std::time::Duration::from_secs(10) {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "address in use: another program keeps listening on this port with SO_REUSEPORT (not a yorker engine: the engine claim is free)",
+            ));
+        }
+        if !logged {
+            tracing::info!("port {port}: waiting for a previous engine's listeners to go");
+            logged = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if logged {
+        tracing::info!("port {port}: free after {} ms", start.elapsed().as_millis());
+    }
+    Ok(())
+}
+
+/// A socket of the port's SO_REUSEPORT group, bound but not yet listening.
+fn bound(addr: SocketAddr) -> io::Result<Socket> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
@@ -312,6 +357,11 @@ fn listener(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
     // batched, so Nagle would only add latency.
     s.set_tcp_nodelay(true)?;
     s.bind(&addr.into())?;
+    Ok(s)
+}
+
+fn listener(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
+    let s = bound(addr)?;
     s.listen(backlog)?;
     Ok(s)
 }
@@ -348,10 +398,22 @@ impl Server {
         } else {
             None
         };
-        let first = listener(cfg.listen, cfg.backlog).map_err(|source| StartError::Listen {
-            addr: cfg.listen,
-            source,
-        })?;
+        let first = bound(cfg.listen)
+            .and_then(|s| {
+                // The claim is ours, so no engine is alive on this port; but an engine killed
+                // a moment ago may still have listeners in the port's SO_REUSEPORT group until
+                // the kernel tears its rings down, and connections hashed to them would be
+                // reset. Our socket is bound, not listening: it takes no connection yet.
+                if cfg.listen.port() != 0 {
+                    wait_for_foreign_listeners(cfg.listen.port())?;
+                }
+                s.listen(cfg.backlog)?;
+                Ok(s)
+            })
+            .map_err(|source| StartError::Listen {
+                addr: cfg.listen,
+                source,
+            })?;
         let addr = first
             .local_addr()?
             .as_socket()

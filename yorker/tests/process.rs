@@ -249,3 +249,57 @@ fn a_dead_shard_drains_the_others_and_exits_1() {
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("ended unexpectedly"), "{log}");
 }
+
+/// A restart right after kill -9: the dead engine's listeners linger in the port's
+/// SO_REUSEPORT group until the kernel tears its rings down, and connections hashed to them
+/// were reset. The new engine waits for them to go before it listens: every connection it
+/// takes is its own.
+#[test]
+fn a_restart_after_kill_9_takes_every_connection_itself() {
+    use std::io::BufRead;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let start = |listen: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_yorker"))
+            .args(["serve", "--listen", listen, "--cores", "2"])
+            .args(["--stats-interval", "0"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("yorker starts");
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        loop {
+            let mut line = String::new();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "yorker exited early"
+            );
+            if line.contains("listening on") {
+                break (child, listening_addr(&line), stderr);
+            }
+        }
+    };
+    let (mut old, addr, _e) = start(&listen);
+    let held: Vec<Client> = (0..50)
+        .map(|_| Client::connect(addr, Role::Subscriber))
+        .collect();
+    old.kill().unwrap(); // SIGKILL
+    old.wait().unwrap();
+    let (mut new, addr, _e2) = start(&listen);
+    for i in 0..200 {
+        let mut c = Client::raw(addr);
+        // A connection taken by a dead listener never gets WELCOME: fail fast.
+        if let Err(other) = c.hello(Role::Subscriber, Duration::from_secs(2)) {
+            panic!(
+                "connection {i} after the restart: {other:?} (eof {})",
+                c.eof
+            );
+        }
+    }
+    drop(held);
+    new.kill().unwrap();
+    new.wait().unwrap();
+}
