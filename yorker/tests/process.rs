@@ -271,16 +271,18 @@ fn a_restart_after_kill_9_takes_every_connection_itself() {
             .spawn()
             .expect("yorker starts");
         let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        loop {
-            let mut line = String::new();
-            assert!(
-                stderr.read_line(&mut line).unwrap() > 0,
-                "yorker exited early"
-            );
-            if line.contains("listening on") {
-                break (child, listening_addr(&line), stderr);
+        let mut line = String::new();
+        while !line.contains("listening on") {
+            line.clear();
+            if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
             }
         }
+        if !line.contains("listening on") {
+            let status = child.wait();
+            panic!("yorker exited early: {status:?}");
+        }
+        (child, listening_addr(&line), stderr)
     };
     let (mut old, addr, _e) = start(&listen);
     let held: Vec<Client> = (0..50)
