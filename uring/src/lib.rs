@@ -67,3 +67,20 @@ pub fn raise_nofile_limit() -> u64 {
     }
     r.rlim_cur
 }
+
+/// Gives free heap memory back to the kernel (glibc's `malloc_trim`): after a burst of
+/// connections or a flood of frames has come and gone, the pages the allocator keeps free stop
+/// counting as resident. Returns true when something was released. A no-op elsewhere than
+/// glibc.
+pub fn release_free_heap() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim takes no pointers and may be called from any thread at any time;
+        // it only returns whole free pages of the allocator's own arenas to the kernel.
+        unsafe { libc::malloc_trim(0) != 0 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}

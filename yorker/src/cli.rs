@@ -76,6 +76,9 @@ pub fn init_logs() {
         .try_init();
 }
 
+/// How often free heap pages go back to the kernel.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
+
 /// How often the main thread looks for signals and dead shards.
 const WATCH: Duration = Duration::from_millis(100);
 
@@ -174,8 +177,15 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
             .ok()
     });
     // Until SIGTERM or SIGINT, or a shard dies. SIGHUP re-reads the token keys (rotation).
+    // Every TRIM_EVERY the allocator gives free pages back, so that memory a burst took (a
+    // reconnect storm, a flood of partial frames) does not stay resident.
     let mut failed = false;
+    let mut last_trim = Instant::now();
     'watch: loop {
+        if last_trim.elapsed() >= TRIM_EVERY {
+            yorker_uring::release_free_heap();
+            last_trim = Instant::now();
+        }
         for sig in signals.pending() {
             if sig == SIGHUP {
                 match &tokens {
