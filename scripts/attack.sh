@@ -5,11 +5,16 @@
 # bench-results/attacks.jsonl (OUT=... to change); the script fails if a canary lost an update,
 # or if the relay-HELLO storm moved the engine's RSS by more than 10%.
 #
-#   scripts/attack.sh                       # every attack, 10 s each (~1.5 min)
-#   ATTACKS="relay-hellos" SECONDS_EACH=20 scripts/attack.sh
+#   scripts/attack.sh                       # every attack, 10 s each, and the process cases (~4 min)
+#   ATTACKS="relay-hellos" CASES="" SECONDS_EACH=20 scripts/attack.sh
+#
+# The process cases (CASES, default "sigterm-10k kill9-restart") hold 10,000 `yorker-sim
+# subscribe` clients on the engine, then SIGTERM it (every client must get GOAWAY, exit 0), or
+# kill -9 it and start it again at once (every client must be back, subscribed, on the new one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ATTACKS=${ATTACKS:-"relay-hellos subscribe-flood drip garbage reconnect-storm"}
+ATTACKS=${ATTACKS-"relay-hellos subscribe-flood drip garbage reconnect-storm stalled-readers"}
+CASES=${CASES-"sigterm-10k kill9-restart"}
 SECONDS_EACH=${SECONDS_EACH:-10}
 OUT=${OUT:-bench-results/attacks.jsonl}
 PORT=${PORT:-7450}
@@ -49,6 +54,58 @@ print(f"relay-hellos: {r['ops']} HELLOs ({r['ops_per_s']:.0f}/s), {r['refused']}
 sys.exit(0 if abs(growth) <= 0.10 and r["refused"] == r["ops"] else 1)
 PY
   fi
+  PORT=$((PORT + 1))
+done
+
+# Waits (bounded) until the engine's log reports at least $2 subscriptions.
+wait_subs() { # log count
+  for _ in $(seq 1 600); do
+    subs=$(grep -o 'subs=[0-9]*' "$1" | tail -1 | cut -d= -f2 || true)
+    [ "${subs:-0}" -ge "$2" ] && return 0
+    sleep 0.2
+  done
+  return 1
+}
+serve() { # port log
+  taskset -c 0 $BIN/yorker serve --listen 127.0.0.1:$1 --cores 1 --publisher-key attack \
+    --stats-interval 1 --goaway-base-ms 500 --goaway-jitter-ms 2000 2>"$2" &
+  echo $!
+}
+for case in $CASES; do
+  LOG=$(mktemp)
+  pid=$(serve $PORT "$LOG")
+  taskset -c 1 $BIN/yorker-sim subscribe --addr 127.0.0.1:$PORT --clients 10000 --topics 4 \
+    --ramp 5000 --duration 40 --source-base 30 >/tmp/yorker-attack-fleet.out 2>&1 &
+  fleet=$!
+  if ! wait_subs "$LOG" 10000; then echo "$case: 10,000 clients never subscribed" >&2; fail=1; fi
+  case $case in
+    sigterm-10k)
+      t0=$(date +%s%N)
+      kill -TERM $pid
+      if wait $pid; then code=0; else code=$?; fi
+      ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+      kill -INT $fleet 2>/dev/null || true
+      wait $fleet || true
+      goaways=$(grep -o 'goaways [0-9]*' /tmp/yorker-attack-fleet.out | tail -1 | cut -d' ' -f2)
+      line="{\"case\":\"sigterm-10k\",\"exit_code\":$code,\"shutdown_ms\":$ms,\"goaways\":${goaways:-0}}"
+      [ "$code" = 0 ] && [ "${goaways:-0}" -ge 10000 ] || fail=1
+      ;;
+    kill9-restart)
+      kill -9 $pid; wait $pid 2>/dev/null || true
+      t0=$(date +%s%N)
+      LOG2=$(mktemp)
+      pid=$(serve $PORT "$LOG2")
+      if wait_subs "$LOG2" 10000; then back=1; else back=0; fail=1; fi
+      ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+      kill -INT $fleet 2>/dev/null || true
+      wait $fleet || true
+      kill -TERM $pid; wait $pid || true
+      line="{\"case\":\"kill9-restart\",\"all_back\":$back,\"resubscribed_ms\":$ms,\"fleet\":\"$(tail -1 /tmp/yorker-attack-fleet.out | tr -d '"')\"}"
+      rm -f "$LOG2"
+      ;;
+  esac
+  echo "$line" | tee -a "$OUT"
+  rm -f "$LOG"
   PORT=$((PORT + 1))
 done
 exit $fail

@@ -40,6 +40,10 @@ pub enum AttackKind {
     ReconnectStorm,
     /// Connect, HELLO (with --token / --token-key), wait for WELCOME, close: HELLOs per second.
     Hellos,
+    /// Subscribers with a tiny receive buffer that never read, on a topic the attack floods
+    /// with 16 KB updates (NO_CONFLATE): the engine must cut them off (write timeout, slow
+    /// consumer) without slowing anyone else.
+    StalledReaders,
 }
 
 /// Flags of `yorker-sim attack`.
@@ -188,6 +192,9 @@ fn attack(
     let mut rng = Rng((unix_us() ^ ((n as u64 + 1) * 0x9e37_79b9_7f4a_7c15)) | 1);
     let mut i = n;
     let mut drips: Vec<(TcpStream, usize)> = Vec::new();
+    let mut stalled: Vec<TcpStream> = Vec::new();
+    let mut flood: Option<Publisher> = None;
+    let mut flood_seq = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let step = (|| -> std::io::Result<bool> {
             match a.kind {
@@ -287,6 +294,71 @@ fn attack(
                         matches!(f, Frame::SubAck(_) | Frame::Error(_) | Frame::GoAway(_))
                     });
                     Ok(!matches!(f, Some(Frame::SubAck(_))))
+                }
+                AttackKind::StalledReaders => {
+                    // Thread 0 floods the topic; the others hold never-reading subscribers.
+                    if n == 0 {
+                        let p = match flood.as_mut() {
+                            Some(p) => p,
+                            None => flood.insert(
+                                Publisher::connect(a.addr, &a.key)
+                                    .map_err(|e| std::io::Error::other(e.to_string()))?,
+                            ),
+                        };
+                        for _ in 0..20 {
+                            flood_seq += 1;
+                            p.publish("flood/stalled", false, false, &[0x5a; 16_384])
+                                .map_err(|e| std::io::Error::other(e.to_string()))?;
+                        }
+                        p.flush()
+                            .map_err(|e| std::io::Error::other(e.to_string()))?;
+                        std::thread::sleep(Duration::from_millis(10));
+                        return Ok(false);
+                    }
+                    while stalled.len() < 50 {
+                        let sock = socket2::Socket::new(
+                            socket2::Domain::IPV4,
+                            socket2::Type::STREAM,
+                            None,
+                        )?;
+                        sock.set_recv_buffer_size(4096)?;
+                        sock.connect_timeout(&a.addr.into(), Duration::from_secs(2))?;
+                        let mut s: TcpStream = sock.into();
+                        let mut b = BytesMut::new();
+                        Frame::Hello(Hello {
+                            version: 1,
+                            role: Role::Subscriber,
+                            client_name: "stalled".into(),
+                            token: String::new(),
+                        })
+                        .encode(&mut b)
+                        .expect("hello encodes");
+                        Frame::Subscribe(Subscribe {
+                            request_id: 1,
+                            entries: vec![SubscribeEntry {
+                                topic: "flood/stalled".into(),
+                                resume: None,
+                                conflate: false,
+                            }],
+                        })
+                        .encode(&mut b)
+                        .expect("subscribe encodes");
+                        s.write_all(&b)?;
+                        s.set_nonblocking(true)?;
+                        stalled.push(s);
+                    }
+                    // Keep the ones the server closed counted and replaced; never read data.
+                    let mut closed = 0;
+                    stalled.retain(|s| {
+                        let mut probe = [0u8; 1];
+                        let gone = matches!(s.peek(&mut probe), Ok(0))
+                            || matches!(s.take_error(), Ok(Some(_)));
+                        closed += u64::from(gone);
+                        !gone
+                    });
+                    counts.refused.fetch_add(closed, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(100));
+                    Ok(false)
                 }
                 AttackKind::Hellos => {
                     let token = if tokens.is_empty() {

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# RSS per idle subscribed connection: `yorker serve --cores 1` (CPU 0), then 5,000 and then
+# 10,000 more `yorker-sim subscribe` clients (CPU 1; one topic, keep-alive PINGs every third of
+# the heartbeat), each client subscribed; the engine's RSS at start, at 5,000 and at 15,000
+# connections. Reports the growth per connection from 5k to 15k (the fixed costs, such as the
+# per-slot table and the receive buffers, are excluded) and from process start. One JSON line
+# to bench-results/rss.jsonl (OUT=... to change). Loopback only; stops what it starts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PORT=${PORT:-7730}
+OUT=${OUT:-bench-results/rss.jsonl}
+LOG=$(mktemp)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -f "$LOG"
+}
+trap cleanup EXIT
+cargo build --release -q -p yorker -p yorker-sim
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+wait_subs() {
+  for _ in $(seq 1 600); do
+    subs=$(grep -o 'subs=[0-9]*' "$LOG" | tail -1 | cut -d= -f2 || true)
+    [ "${subs:-0}" -ge "$1" ] && return 0
+    sleep 0.2
+  done
+  echo "timed out waiting for $1 subscriptions" >&2
+  return 1
+}
+taskset -c 0 target/release/yorker serve --listen 127.0.0.1:$PORT --cores 1 --publisher-key rss \
+  --stats-interval 1 2>"$LOG" &
+pids+=($!)
+Y=$!
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.05; done
+sleep 1
+r0=$(rss_kb $Y)
+taskset -c 1 target/release/yorker-sim subscribe --addr 127.0.0.1:$PORT --clients 5000 --topics 1 \
+  --ramp 5000 --duration 120 --source-base 10 >/dev/null 2>&1 &
+pids+=($!)
+wait_subs 5000
+sleep 2
+r1=$(rss_kb $Y)
+taskset -c 1 target/release/yorker-sim subscribe --addr 127.0.0.1:$PORT --clients 10000 --topics 1 \
+  --ramp 5000 --duration 120 --source-base 20 >/dev/null 2>&1 &
+pids+=($!)
+wait_subs 15000
+sleep 2
+r2=$(rss_kb $Y)
+line=$(printf '{"date":"%s","connections":15000,"rss_kb_start":%d,"rss_kb_5k":%d,"rss_kb_15k":%d,"bytes_per_conn_5k_to_15k":%d,"bytes_per_conn_from_start":%d}' \
+  "$(date -u +%F)" "$r0" "$r1" "$r2" $(( (r2 - r1) * 1024 / 10000 )) $(( (r2 - r0) * 1024 / 15000 )))
+mkdir -p "$(dirname "$OUT")"
+echo "$line" | tee -a "$OUT"
