@@ -45,6 +45,8 @@ pub struct ServerConfig {
     /// Updates a shard's inbox holds at most; beyond it they are dropped and the shard
     /// resynchronises its subscribers (SNAPSHOT|RESET).
     pub inbox_capacity: usize,
+    /// SO_SNDBUF of every connection, bytes (the kernel doubles it); 0: kernel autotuning.
+    pub socket_send_buffer: usize,
     /// Also hand every update to this tap as the shards get it (an origin's multicast feed,
     /// `yorker-relay`).
     pub tap: Option<Arc<dyn crate::bus::Tap>>,
@@ -64,6 +66,7 @@ impl Default for ServerConfig {
             sq_entries: 4096,
             sends_per_round: 1024,
             inbox_capacity: 1 << 20,
+            socket_send_buffer: 256 * 1024,
             tap: None,
         }
     }
@@ -348,20 +351,27 @@ fn wait_for_foreign_listeners(port: u16) -> io::Result<()> {
     Ok(())
 }
 
-/// A socket of the port's SO_REUSEPORT group, bound but not yet listening.
-fn bound(addr: SocketAddr) -> io::Result<Socket> {
+/// A socket of the port's SO_REUSEPORT group, bound but not yet listening. Accepted sockets
+/// inherit its options, the send buffer (`sndbuf`, 0: the kernel's autotuning) included.
+fn bound(addr: SocketAddr, sndbuf: usize) -> io::Result<Socket> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     // Accepted sockets inherit TCP_NODELAY from the listener: gathered sends are already
     // batched, so Nagle would only add latency.
     s.set_tcp_nodelay(true)?;
+    if sndbuf > 0 {
+        // A reader that stops reading can make the kernel hold up to the send buffer for it;
+        // autotuned, that is megabytes per socket, and enough stalled readers push TCP into
+        // memory pressure, which slows every connection of the host.
+        s.set_send_buffer_size(sndbuf)?;
+    }
     s.bind(&addr.into())?;
     Ok(s)
 }
 
-fn listener(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
-    let s = bound(addr)?;
+fn listener(addr: SocketAddr, backlog: i32, sndbuf: usize) -> io::Result<Socket> {
+    let s = bound(addr, sndbuf)?;
     s.listen(backlog)?;
     Ok(s)
 }
@@ -398,7 +408,7 @@ impl Server {
         } else {
             None
         };
-        let first = bound(cfg.listen)
+        let first = bound(cfg.listen, cfg.socket_send_buffer)
             .and_then(|s| {
                 // The claim is ours, so no engine is alive on this port; but an engine killed
                 // a moment ago may still have listeners in the port's SO_REUSEPORT group until
@@ -426,7 +436,7 @@ impl Server {
         let mut listeners = vec![first];
         for _ in 1..cfg.cores {
             listeners.push(
-                listener(addr, cfg.backlog)
+                listener(addr, cfg.backlog, cfg.socket_send_buffer)
                     .map_err(|source| StartError::Listen { addr, source })?,
             );
         }

@@ -176,6 +176,10 @@ pub struct ServeArgs {
     /// resynchronises its subscribers (SNAPSHOT|RESET).
     #[arg(long, env = "YORKER_INBOX_CAPACITY", default_value_t = 1 << 20)]
     pub inbox_capacity: usize,
+    /// SO_SNDBUF of every client connection in bytes (the kernel doubles it); bounds the kernel
+    /// memory a reader that stopped reading can hold. 0: the kernel's autotuning.
+    #[arg(long, env = "YORKER_SOCKET_SEND_BUFFER", default_value_t = 256 * 1024)]
+    pub socket_send_buffer: usize,
     /// Seconds between one-line stats on stderr; 0 turns them off.
     #[arg(long, env = "YORKER_STATS_INTERVAL", default_value_t = 5)]
     pub stats_interval: u64,
@@ -472,6 +476,7 @@ impl ServeArgs {
             sq_entries: self.sq_entries,
             sends_per_round: self.sends_per_round,
             inbox_capacity: self.inbox_capacity,
+            socket_send_buffer: self.socket_send_buffer,
             tap: None,
         };
         cfg.validate().map_err(|e| e.to_string())?;
