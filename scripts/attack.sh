@@ -68,7 +68,7 @@ wait_subs() { # log count
 }
 serve() { # port log
   taskset -c 0 $BIN/yorker serve --listen 127.0.0.1:$1 --cores 1 --publisher-key attack \
-    --stats-interval 1 --goaway-base-ms 500 --goaway-jitter-ms 2000 2>"$2" &
+    --stats-interval 1 --goaway-base-ms 500 --goaway-jitter-ms 2000 >/dev/null 2>"$2" &
   echo $!
 }
 for case in $CASES; do

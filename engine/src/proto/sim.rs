@@ -477,6 +477,9 @@ impl World {
                     "outbox over its limit"
                 );
             }
+            // Churn leaves stale deadlines behind; compaction keeps them bounded.
+            let live = self.shards[sh].connections();
+            assert!(self.shards[sh].timers.len() <= 2 * live + 1025);
         }
     }
 

@@ -622,7 +622,22 @@ impl Shard {
         if earlier {
             c.wake = Some(d as u32);
             self.timers.push(d, slot, generation);
+            if self.timers.len() > 2 * self.stats.connections as usize + 1024 {
+                self.compact_timers();
+            }
         }
+    }
+
+    /// Keeps only the heap entries that still stand for a live connection's registered
+    /// deadline (churn leaves the others behind until they come due).
+    fn compact_timers(&mut self) {
+        let slots = &self.slots;
+        self.timers.compact(|at, slot, generation| {
+            slots.get(slot as usize).is_some_and(|s| {
+                s.generation == generation
+                    && matches!(&s.state, State::Live(c) if c.wake == Some(at as u32))
+            })
+        });
     }
 
     /// A deadline of `slot` fired: check every timeout of the connection, then register its

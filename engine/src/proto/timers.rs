@@ -9,6 +9,7 @@ use std::collections::BinaryHeap;
 /// Pending deadlines.
 #[derive(Debug, Default)]
 pub(crate) struct Deadlines {
+    // Entries: (deadline ms, slot, generation).
     heap: BinaryHeap<Reverse<(u64, u32, u32)>>,
 }
 
@@ -32,8 +33,41 @@ impl Deadlines {
     }
 
     /// Entries held (stale ones included).
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.heap.len()
+    }
+
+    /// Drops the entries `valid` rejects and gives back the memory they took. The shard calls
+    /// it when stale entries outnumber live connections (connections that came and went
+    /// leave theirs behind until due), so the heap stays within a small multiple of the live
+    /// connections whatever the churn.
+    pub(crate) fn compact(&mut self, mut valid: impl FnMut(u64, u32, u32) -> bool) {
+        let entries = std::mem::take(&mut self.heap).into_vec();
+        let mut kept: Vec<_> = entries
+            .into_iter()
+            .filter(|Reverse((at, slot, generation))| valid(*at, *slot, *generation))
+            .collect();
+        kept.shrink_to_fit();
+        self.heap = BinaryHeap::from(kept);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compaction_keeps_the_valid_entries_in_order() {
+        let mut d = Deadlines::default();
+        for i in 0..10_000u32 {
+            d.push(u64::from(i % 97), i, 1);
+        }
+        d.compact(|_, slot, _| slot % 10 == 0);
+        assert_eq!(d.len(), 1_000);
+        let mut last = 0;
+        while let Some((at, slot, _)) = d.pop_due(u64::MAX) {
+            assert!(at >= last && slot % 10 == 0);
+            last = at;
+        }
     }
 }
