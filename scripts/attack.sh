@@ -66,14 +66,15 @@ wait_subs() { # log count
   done
   return 1
 }
-serve() { # port log
+serve() { # port log -> SERVER_PID (call as a plain command: a child of this shell)
   taskset -c 0 $BIN/yorker serve --listen 127.0.0.1:$1 --cores 1 --publisher-key attack \
     --stats-interval 1 --goaway-base-ms 500 --goaway-jitter-ms 2000 >/dev/null 2>"$2" &
-  echo $!
+  SERVER_PID=$!
 }
 for case in $CASES; do
   LOG=$(mktemp)
-  pid=$(serve $PORT "$LOG")
+  serve $PORT "$LOG"
+  pid=$SERVER_PID
   taskset -c 1 $BIN/yorker-sim subscribe --addr 127.0.0.1:$PORT --clients 10000 --topics 4 \
     --ramp 5000 --duration 40 --source-base 30 >/tmp/yorker-attack-fleet.out 2>&1 &
   fleet=$!
@@ -94,7 +95,8 @@ for case in $CASES; do
       kill -9 $pid; wait $pid 2>/dev/null || true
       t0=$(date +%s%N)
       LOG2=$(mktemp)
-      pid=$(serve $PORT "$LOG2")
+      serve $PORT "$LOG2"
+      pid=$SERVER_PID
       if wait_subs "$LOG2" 10000; then back=1; else back=0; fail=1; fi
       ms=$(( ($(date +%s%N) - t0) / 1000000 ))
       kill -INT $fleet 2>/dev/null || true

@@ -775,12 +775,19 @@ impl Worker {
                             }
                         }
                     } else {
-                        // EOF or error: the connection is gone.
+                        // EOF or error: the connection is gone. Unless we were closing it
+                        // ourselves, the server went away without GOAWAY (a crash, a reset):
+                        // reconnect (with resume) after a random delay, so a fleet whose server
+                        // died does not come back as one herd.
+                        let jitter = 100 + self.rng.below(2_000);
+                        let due = self.ms() + jitter;
                         let conn = &mut self.conns[i];
                         if conn.state != State::Closing && conn.state != State::Waiting {
                             self.shared.disconnects.fetch_add(1, Ordering::Relaxed);
                             self.shared.connected.fetch_sub(1, Ordering::Relaxed);
-                            conn.reconnect = false;
+                            conn.reconnect = true;
+                            conn.due_ms = due;
+                            self.reconnect_queue.push(i);
                         }
                         conn.state = State::Waiting;
                     }
