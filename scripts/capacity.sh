@@ -10,31 +10,9 @@ WARM=5000
 PORT=${PORT:-7710}
 OUT=${OUT_DIR:-bench-results}
 mkdir -p "$OUT"
-LOG=$(mktemp)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -f "$LOG"
-}
-trap cleanup EXIT
-
-cargo build --release -q -p yorker -p yorker-sim
+. scripts/lib/measure.sh
 Y=target/release/yorker
 S=target/release/yorker-sim
-
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-# Waits (bounded) until the engine's stats line reports at least $1 subscriptions.
-wait_subs() {
-  for _ in $(seq 1 600); do
-    subs=$(grep -o 'subs=[0-9]*' "$LOG" | tail -1 | cut -d= -f2 || true)
-    [ "${subs:-0}" -ge "$1" ] && return 0
-    sleep 0.2
-  done
-  echo "timed out waiting for $1 subscriptions (last: ${subs:-0})" >&2
-  tail -5 "$LOG" >&2
-  return 1
-}
 
 echo "host: $(nproc) cores, ulimit -Hn $(ulimit -Hn), kernel $(uname -r)"
 "$Y" serve --listen 127.0.0.1:$PORT --cores 2 --publisher-key cap --stats-interval 1 2>"$LOG" &

@@ -9,30 +9,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${PORT:-7730}
 OUT=${OUT:-bench-results/rss.jsonl}
-LOG=$(mktemp)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -f "$LOG"
-}
-trap cleanup EXIT
-cargo build --release -q -p yorker -p yorker-sim
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-wait_subs() {
-  for _ in $(seq 1 600); do
-    subs=$(grep -o 'subs=[0-9]*' "$LOG" | tail -1 | cut -d= -f2 || true)
-    [ "${subs:-0}" -ge "$1" ] && return 0
-    sleep 0.2
-  done
-  echo "timed out waiting for $1 subscriptions" >&2
-  return 1
-}
+. scripts/lib/measure.sh
 taskset -c 0 target/release/yorker serve --listen 127.0.0.1:$PORT --cores 1 --publisher-key rss \
   --stats-interval 1 2>"$LOG" &
 pids+=($!)
 Y=$!
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.05; done
+wait_port $PORT
 sleep 1
 r0=$(rss_kb $Y)
 taskset -c 1 target/release/yorker-sim subscribe --addr 127.0.0.1:$PORT --clients 5000 --topics 1 \

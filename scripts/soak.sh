@@ -14,21 +14,13 @@ WARMUP=${WARMUP:-300}
 RATE=${RATE:-20}
 PORT=${PORT:-7740}
 OUT=${OUT:-bench-results/soak.jsonl}
-LOG=$(mktemp)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -f "$LOG"
-}
-trap cleanup EXIT
-cargo build --release -q -p yorker -p yorker-sim
+. scripts/lib/measure.sh
 B=target/release
 taskset -c 0 $B/yorker serve --listen 127.0.0.1:$PORT --cores 1 --publisher-key soak \
   --stats-interval 10 2>"$LOG" &
 Y=$!
 pids+=($Y)
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.05; done
+wait_port $PORT
 taskset -c 1 $B/yorker-sim subscribe --addr 127.0.0.1:$PORT --clients 15000 --topics 1 --raw \
   --no-conflate --churn 0.001667 --ramp 5000 --duration "$DURATION" --source-base 50 \
   >/tmp/yorker-soak-subscribe.out 2>/tmp/yorker-soak-subscribe.err &
@@ -43,7 +35,7 @@ start=$(date +%s)
 while kill -0 $S 2>/dev/null; do
   sleep 30
   kill -0 $Y 2>/dev/null || { echo "the engine died" >&2; exit 1; }
-  samples+=("[$(( $(date +%s) - start )),$(awk '/^VmRSS/ {print $2}' /proc/$Y/status)]")
+  samples+=("[$(( $(date +%s) - start )),$(rss_kb $Y)]")
 done
 set +e
 wait $S
