@@ -223,8 +223,6 @@ impl World {
     fn subscribe(&mut self, i: usize) {
         let name = TOPICS[self.rng.below(TOPICS.len() as u64) as usize].to_string();
         let conflate = self.rng.below(4) != 0;
-        let req = self.next_req;
-        self.next_req += 1;
         let resume = self.clients[i]
             .names
             .get(&name)
@@ -233,6 +231,13 @@ impl World {
                 epoch: 99,
                 seq: v.last_seq,
             });
+        self.subscribe_to(i, name, resume, conflate);
+    }
+
+    /// Client `i` subscribes to one topic; the request is remembered so its SUBACK can be checked.
+    fn subscribe_to(&mut self, i: usize, name: String, resume: Option<ResumeFrom>, conflate: bool) {
+        let req = self.next_req;
+        self.next_req += 1;
         self.clients[i]
             .requests
             .insert(req, vec![(name.clone(), conflate)]);
@@ -718,18 +723,7 @@ fn encode_once_per_update_whatever_the_subscribers() {
     let p = w.connect(Role::Publisher, 1 << 20);
     for _ in 0..16 {
         let i = w.connect(Role::Subscriber, 1 << 20);
-        w.send(
-            i,
-            &Frame::Subscribe(Subscribe {
-                request_id: 1,
-                entries: vec![SubscribeEntry {
-                    topic: "m/1".into(),
-                    resume: None,
-                    conflate: true,
-                }],
-            }),
-        );
-        w.clients[i].requests.insert(1, vec![("m/1".into(), true)]);
+        w.subscribe_to(i, "m/1".into(), None, true);
     }
     for _ in 0..30 {
         w.step();
@@ -830,18 +824,7 @@ fn an_overrun_shard_resyncs_its_subscribers_from_the_registry() {
         .map(|_| w.connect(Role::Subscriber, 1 << 20))
         .collect();
     for &i in &subs {
-        w.send(
-            i,
-            &Frame::Subscribe(Subscribe {
-                request_id: 1,
-                entries: vec![SubscribeEntry {
-                    topic: "m/1".into(),
-                    resume: None,
-                    conflate: false,
-                }],
-            }),
-        );
-        w.clients[i].requests.insert(1, vec![("m/1".into(), false)]);
+        w.subscribe_to(i, "m/1".into(), None, false);
     }
     for _ in 0..20 {
         w.step();
