@@ -498,13 +498,7 @@ impl Shard {
     /// flushed. Unlike ERROR it tells the client when to come back; it may come before WELCOME.
     pub(crate) fn refuse(&mut self, slot: u32, code: ErrorCode, message: &str, now: Now) {
         let after = self.retry_hint();
-        let f = yorker_wire::Frame::GoAway(yorker_wire::GoAway {
-            code: code as u16,
-            reconnect_after_ms: after,
-            message: message.into(),
-        })
-        .to_bytes()
-        .expect("goaway encodes");
+        let f = goaway_frame(code, after, message);
         let drain = self.cfg.drain_ms;
         let Some(c) = self.conn_mut(slot) else {
             return;
@@ -534,13 +528,7 @@ impl Shard {
         message: &str,
         now: Now,
     ) {
-        let f = yorker_wire::Frame::GoAway(yorker_wire::GoAway {
-            code: code as u16,
-            reconnect_after_ms: after_ms,
-            message: message.into(),
-        })
-        .to_bytes()
-        .expect("goaway encodes");
+        let f = goaway_frame(code, after_ms, message);
         let drain = self.cfg.drain_ms;
         let Some(c) = self.conn_mut(slot) else {
             return;
@@ -716,6 +704,17 @@ impl Shard {
         }
         self.schedule(slot, now);
     }
+}
+
+/// The encoded GOAWAY a shard sends when it turns a connection away or drains it.
+fn goaway_frame(code: ErrorCode, reconnect_after_ms: u32, message: &str) -> Bytes {
+    yorker_wire::Frame::GoAway(yorker_wire::GoAway {
+        code: code as u16,
+        reconnect_after_ms,
+        message: message.into(),
+    })
+    .to_bytes()
+    .expect("goaway encodes")
 }
 
 #[cfg(test)]
