@@ -145,6 +145,30 @@ fn hello(role: Role, version: u16, token: &str) -> Bytes {
     .expect("hello encodes")
 }
 
+/// HELLO as an anonymous subscriber named `name`, then SUBSCRIBE (request 1) to one topic.
+fn subscriber_opening(name: &str, topic: &str, conflate: bool) -> BytesMut {
+    let mut b = BytesMut::new();
+    Frame::Hello(Hello {
+        version: 1,
+        role: Role::Subscriber,
+        client_name: name.into(),
+        token: String::new(),
+    })
+    .encode(&mut b)
+    .expect("hello encodes");
+    Frame::Subscribe(Subscribe {
+        request_id: 1,
+        entries: vec![SubscribeEntry {
+            topic: topic.into(),
+            resume: None,
+            conflate,
+        }],
+    })
+    .encode(&mut b)
+    .expect("subscribe encodes");
+    b
+}
+
 fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_nodelay(true)?;
@@ -270,25 +294,7 @@ fn attack(
                 }
                 AttackKind::ReconnectStorm => {
                     let mut s = connect(a.addr)?;
-                    let mut b = BytesMut::new();
-                    Frame::Hello(Hello {
-                        version: 1,
-                        role: Role::Subscriber,
-                        client_name: "storm".into(),
-                        token: String::new(),
-                    })
-                    .encode(&mut b)
-                    .expect("hello encodes");
-                    Frame::Subscribe(Subscribe {
-                        request_id: 1,
-                        entries: vec![SubscribeEntry {
-                            topic: "match/1".into(),
-                            resume: None,
-                            conflate: true,
-                        }],
-                    })
-                    .encode(&mut b)
-                    .expect("subscribe encodes");
+                    let b = subscriber_opening("storm", "match/1", true);
                     s.write_all(&b)?;
                     let f = read_until(&mut s, |f| {
                         matches!(f, Frame::SubAck(_) | Frame::Error(_) | Frame::GoAway(_))
@@ -324,25 +330,7 @@ fn attack(
                         sock.set_recv_buffer_size(4096)?;
                         sock.connect_timeout(&a.addr.into(), Duration::from_secs(2))?;
                         let mut s: TcpStream = sock.into();
-                        let mut b = BytesMut::new();
-                        Frame::Hello(Hello {
-                            version: 1,
-                            role: Role::Subscriber,
-                            client_name: "stalled".into(),
-                            token: String::new(),
-                        })
-                        .encode(&mut b)
-                        .expect("hello encodes");
-                        Frame::Subscribe(Subscribe {
-                            request_id: 1,
-                            entries: vec![SubscribeEntry {
-                                topic: "flood/stalled".into(),
-                                resume: None,
-                                conflate: false,
-                            }],
-                        })
-                        .encode(&mut b)
-                        .expect("subscribe encodes");
+                        let b = subscriber_opening("stalled", "flood/stalled", false);
                         s.write_all(&b)?;
                         s.set_nonblocking(true)?;
                         stalled.push(s);
@@ -400,25 +388,7 @@ fn canary(
     attack_started: Arc<AtomicBool>,
 ) -> Result<(Window, Window), String> {
     let mut sub = connect(addr).map_err(|e| format!("canary: {e}"))?;
-    let mut b = BytesMut::new();
-    Frame::Hello(Hello {
-        version: 1,
-        role: Role::Subscriber,
-        client_name: "canary".into(),
-        token: String::new(),
-    })
-    .encode(&mut b)
-    .expect("hello");
-    Frame::Subscribe(Subscribe {
-        request_id: 1,
-        entries: vec![SubscribeEntry {
-            topic: "canary/probe".into(),
-            resume: None,
-            conflate: false,
-        }],
-    })
-    .encode(&mut b)
-    .expect("subscribe");
+    let b = subscriber_opening("canary", "canary/probe", false);
     sub.write_all(&b).map_err(|e| e.to_string())?;
     let mut p = Publisher::connect(addr, key).map_err(|e| format!("canary publisher: {e}"))?;
     let pub_stop = stop.clone();
