@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use serde_json::json;
@@ -21,6 +21,7 @@ use yorker_wire::{
 };
 
 use crate::fleet::unix_us;
+use crate::proto::yorker::handshake;
 use crate::publisher::{bench_payload, Publisher};
 use crate::report::process_cpu_seconds;
 use crate::token::{claims, Signer};
@@ -143,30 +144,6 @@ fn hello(role: Role, version: u16, token: &str) -> Bytes {
     })
     .to_bytes()
     .expect("hello encodes")
-}
-
-/// HELLO as an anonymous subscriber named `name`, then SUBSCRIBE (request 1) to one topic.
-fn subscriber_opening(name: &str, topic: &str, conflate: bool) -> BytesMut {
-    let mut b = BytesMut::new();
-    Frame::Hello(Hello {
-        version: 1,
-        role: Role::Subscriber,
-        client_name: name.into(),
-        token: String::new(),
-    })
-    .encode(&mut b)
-    .expect("hello encodes");
-    Frame::Subscribe(Subscribe {
-        request_id: 1,
-        entries: vec![SubscribeEntry {
-            topic: topic.into(),
-            resume: None,
-            conflate,
-        }],
-    })
-    .encode(&mut b)
-    .expect("subscribe encodes");
-    b
 }
 
 fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
@@ -294,7 +271,7 @@ fn attack(
                 }
                 AttackKind::ReconnectStorm => {
                     let mut s = connect(a.addr)?;
-                    let b = subscriber_opening("storm", "match/1", true);
+                    let b = handshake("storm", &[("match/1".into(), None)], true);
                     s.write_all(&b)?;
                     let f = read_until(&mut s, |f| {
                         matches!(f, Frame::SubAck(_) | Frame::Error(_) | Frame::GoAway(_))
@@ -330,7 +307,7 @@ fn attack(
                         sock.set_recv_buffer_size(4096)?;
                         sock.connect_timeout(&a.addr.into(), Duration::from_secs(2))?;
                         let mut s: TcpStream = sock.into();
-                        let b = subscriber_opening("stalled", "flood/stalled", false);
+                        let b = handshake("stalled", &[("flood/stalled".into(), None)], false);
                         s.write_all(&b)?;
                         s.set_nonblocking(true)?;
                         stalled.push(s);
@@ -388,7 +365,7 @@ fn canary(
     attack_started: Arc<AtomicBool>,
 ) -> Result<(Window, Window), String> {
     let mut sub = connect(addr).map_err(|e| format!("canary: {e}"))?;
-    let b = subscriber_opening("canary", "canary/probe", false);
+    let b = handshake("canary", &[("canary/probe".into(), None)], false);
     sub.write_all(&b).map_err(|e| e.to_string())?;
     let mut p = Publisher::connect(addr, key).map_err(|e| format!("canary publisher: {e}"))?;
     let pub_stop = stop.clone();
