@@ -258,12 +258,18 @@ impl World {
         let topic = TOPICS[self.rng.below(TOPICS.len() as u64) as usize].to_string();
         let urgent = self.rng.below(10) == 0;
         let len = 1 + self.rng.below(60) as usize;
+        let flags = if urgent { update_flags::URGENT } else { 0 };
+        self.publish_to(publisher, topic, flags, Bytes::from(vec![7u8; len]));
+    }
+
+    /// Client `publisher` sends one PUBLISH.
+    fn publish_to(&mut self, publisher: usize, topic: String, flags: u8, payload: Bytes) {
         self.send(
             publisher,
             &Frame::Publish(Publish {
-                flags: if urgent { update_flags::URGENT } else { 0 },
+                flags,
                 topic,
-                payload: Bytes::from(vec![7u8; len]),
+                payload,
             }),
         );
     }
@@ -730,14 +736,7 @@ fn encode_once_per_update_whatever_the_subscribers() {
     }
     let before = w.registry.frames_encoded();
     for _ in 0..10 {
-        w.send(
-            p,
-            &Frame::Publish(Publish {
-                flags: 0,
-                topic: "m/1".into(),
-                payload: Bytes::from_static(b"x"),
-            }),
-        );
+        w.publish_to(p, "m/1".into(), 0, Bytes::from_static(b"x"));
         for _ in 0..20 {
             w.step();
         }
@@ -830,14 +829,7 @@ fn an_overrun_shard_resyncs_its_subscribers_from_the_registry() {
         w.step();
     }
     for _ in 0..5 {
-        w.send(
-            p,
-            &Frame::Publish(Publish {
-                flags: 0,
-                topic: "m/1".into(),
-                payload: Bytes::from_static(b"v"),
-            }),
-        );
+        w.publish_to(p, "m/1".into(), 0, Bytes::from_static(b"v"));
     }
     for _ in 0..20 {
         w.step();
