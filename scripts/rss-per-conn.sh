@@ -17,17 +17,18 @@ Y=$!
 wait_port $PORT
 sleep 1
 r0=$(rss_kb $Y)
-taskset -c 1 target/release/yorker-sim subscribe --addr 127.0.0.1:$PORT --clients 5000 --topics 1 \
-  --ramp 5000 --duration 120 --source-base 10 >/dev/null 2>&1 &
-pids+=($!)
-wait_subs 5000
-sleep 2
+# Adds $1 idle subscribers (source addresses from 127.0.0.$2), waits until the engine counts $3
+# subscriptions in all, then lets its RSS settle for 2 s.
+add_subscribers() {
+  taskset -c 1 target/release/yorker-sim subscribe --addr 127.0.0.1:$PORT --clients "$1" --topics 1 \
+    --ramp 5000 --duration 120 --source-base "$2" >/dev/null 2>&1 &
+  pids+=($!)
+  wait_subs "$3"
+  sleep 2
+}
+add_subscribers 5000 10 5000
 r1=$(rss_kb $Y)
-taskset -c 1 target/release/yorker-sim subscribe --addr 127.0.0.1:$PORT --clients 10000 --topics 1 \
-  --ramp 5000 --duration 120 --source-base 20 >/dev/null 2>&1 &
-pids+=($!)
-wait_subs 15000
-sleep 2
+add_subscribers 10000 20 15000
 r2=$(rss_kb $Y)
 line=$(printf '{"date":"%s","connections":15000,"rss_kb_start":%d,"rss_kb_5k":%d,"rss_kb_15k":%d,"bytes_per_conn_5k_to_15k":%d,"bytes_per_conn_from_start":%d}' \
   "$(date -u +%F)" "$r0" "$r1" "$r2" $(( (r2 - r1) * 1024 / 10000 )) $(( (r2 - r0) * 1024 / 15000 )))
