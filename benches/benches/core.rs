@@ -100,6 +100,7 @@ fn fanout(c: &mut Criterion) {
                 topic: "m".into(),
                 resume: None,
                 conflate: true,
+                presence: false,
             }],
         })
         .to_bytes()
@@ -132,6 +133,7 @@ fn fanout(c: &mut Criterion) {
                     seq,
                     flags: 0,
                     frame: frame.clone(),
+                    skip: 0,
                 }
             },
             |msg| {

@@ -217,6 +217,7 @@ fn attack(
                                 topic: format!("flood/{:x}", rng.next()),
                                 resume: None,
                                 conflate: true,
+                                presence: false,
                             })
                             .collect();
                         s.write_all(

@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use crate::fleet::{unix_us, Fleet, FleetConfig, PayloadKind, TopicChoice};
+use crate::probe::{self, Probe, ProbeConfig};
 use crate::proto::Proto;
 use crate::publisher::{bench_payload, Publisher};
 use crate::report::{
@@ -80,6 +81,20 @@ pub struct BenchArgs {
     /// its relays: latency is then origin -> relay -> client).
     #[arg(long)]
     pub publish_addr: Option<SocketAddr>,
+    /// Also probe the server's responsiveness: one more connection sends a PING every this
+    /// many ms (yorker PING, Redis PING, NATS PING), first for --probe-idle-s with the
+    /// subscribers connected and no publishing, then during the bench; both are reported.
+    /// 0: no probe.
+    #[arg(long, default_value_t = 0)]
+    pub probe_ms: u64,
+    /// Seconds of the probe's idle phase.
+    #[arg(long, default_value_t = 3)]
+    pub probe_idle_s: u64,
+    /// yorker: the probe also sends a MESSAGE per interval, answered by a backend stub that
+    /// connects with this key (the server needs --backend-key and --anonymous-messages):
+    /// MESSAGE -> backend -> RESPONSE and MESSAGE -> ACK, idle and during the bench.
+    #[arg(long, env = "YORKER_BACKEND_KEY")]
+    pub probe_backend_key: Option<String>,
 }
 
 fn bar(len: u64, msg: &str, quiet: bool) -> ProgressBar {
@@ -152,6 +167,19 @@ pub fn run(a: &BenchArgs) -> Result<i32, String> {
     pb.finish_and_clear();
     let connect_s = t0.elapsed().as_secs_f64();
 
+    let probe = if a.probe_ms > 0 {
+        let p = Probe::start(ProbeConfig {
+            addr: a.addrs[0],
+            proto: a.proto,
+            interval: Duration::from_millis(a.probe_ms),
+            backend_key: a.probe_backend_key.clone(),
+        })?;
+        std::thread::sleep(Duration::from_secs(a.probe_idle_s));
+        p.set_phase(probe::BUSY);
+        Some(p)
+    } else {
+        None
+    };
     let addr = a.publish_addr.unwrap_or(a.addrs[0]);
     let mut publisher =
         Publisher::connect_proto(addr, &a.key, a.proto).map_err(|e| e.to_string())?;
@@ -232,6 +260,7 @@ pub fn run(a: &BenchArgs) -> Result<i32, String> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
+    let probed = probe.map(|p| p.stop()).transpose()?;
     let scpu = match (scpu0, server_cpu()) {
         (Some(a0), Some(a1)) => Some(a1 - a0),
         _ => None,
@@ -276,6 +305,16 @@ pub fn run(a: &BenchArgs) -> Result<i32, String> {
             "server_cpu_us_per_delivery": scpu.map(|c| if l.delivered > 0 { c * 1e6 / l.delivered as f64 } else { 0.0 }),
             "client_cpu_us_per_delivery": if l.delivered > 0 { cpu * 1e6 / l.delivered as f64 } else { 0.0 },
             "elapsed_s": elapsed,
+            "probe": probed.as_ref().map(|p| json!({
+                "interval_ms": a.probe_ms,
+                "ping_idle": percentiles(&p.ping[probe::IDLE]),
+                "ping_busy": percentiles(&p.ping[probe::BUSY]),
+                "message_idle": percentiles(&p.message[probe::IDLE]),
+                "message_busy": percentiles(&p.message[probe::BUSY]),
+                "ack_idle": percentiles(&p.ack[probe::IDLE]),
+                "ack_busy": percentiles(&p.ack[probe::BUSY]),
+                "lost": p.lost,
+            })),
             "ok": !bad,
         });
         println!("{v}");
@@ -304,6 +343,19 @@ pub fn run(a: &BenchArgs) -> Result<i32, String> {
             },
             if bad { "  ** LOSS **" } else { "" }
         );
+        if let Some(p) = &probed {
+            println!("{}", row("PING idle", &p.ping[probe::IDLE]));
+            println!("{}", row("PING during bench", &p.ping[probe::BUSY]));
+            if a.probe_backend_key.is_some() {
+                println!("{}", row("MESSAGE->reply idle", &p.message[probe::IDLE]));
+                println!("{}", row("MESSAGE->reply bench", &p.message[probe::BUSY]));
+                println!("{}", row("MESSAGE->ACK idle", &p.ack[probe::IDLE]));
+                println!("{}", row("MESSAGE->ACK bench", &p.ack[probe::BUSY]));
+            }
+            if p.lost > 0 {
+                println!("probe: {} requests unanswered or refused", p.lost);
+            }
+        }
         if let Some(c) = scpu {
             println!(
                 "server CPU {:.2} s ({:.2} us per delivery)",

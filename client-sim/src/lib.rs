@@ -18,6 +18,7 @@ pub mod demo;
 pub mod feed;
 pub mod fleet;
 pub mod matchsim;
+pub mod probe;
 pub mod proto;
 pub mod publisher;
 pub mod report;

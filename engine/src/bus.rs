@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crossbeam_queue::SegQueue;
 use yorker_uring::EventFd;
 
-use crate::proto::UpdateMsg;
+use crate::proto::{Control, Dest, UpdateMsg};
 
 /// Something that sees every update as the shards get it: the origin's multicast feed
 /// (`relay::origin`). It is called with the topic locked, so it must only enqueue.
@@ -22,12 +22,16 @@ pub trait Tap: Send + Sync + std::fmt::Debug {
     fn offer(&self, msg: &UpdateMsg);
 }
 
-/// One shard's inbound side.
+/// One shard's inbound side: updates, and control messages (client messages, replies, the
+/// backend directory, member events) in a queue of their own, so that an update backlog never
+/// delays an acknowledgement and a resync never drops one.
 #[derive(Debug)]
 pub struct Inbox {
     queue: SegQueue<UpdateMsg>,
     len: AtomicUsize,
     capacity: usize,
+    control: SegQueue<Control>,
+    control_len: AtomicUsize,
     overrun: AtomicBool,
     dropped: AtomicU64,
     rung: AtomicBool,
@@ -51,6 +55,51 @@ impl Inbox {
         }
         self.len.fetch_sub(n, Ordering::AcqRel);
         n
+    }
+
+    /// Takes queued updates in order while `f` returns true (it is given each update and
+    /// returns whether the shard may take another this round). Returns how many were taken;
+    /// the rest stay queued for the next round ([`Inbox::is_empty`] says whether any do).
+    pub fn drain_while(&self, mut f: impl FnMut(UpdateMsg) -> bool) -> usize {
+        self.rung.store(false, Ordering::SeqCst);
+        let mut n = 0;
+        while let Some(m) = self.queue.pop() {
+            n += 1;
+            if !f(m) {
+                break;
+            }
+        }
+        self.len.fetch_sub(n, Ordering::AcqRel);
+        n
+    }
+
+    /// True when no update waits.
+    pub fn is_empty(&self) -> bool {
+        self.len.load(Ordering::Acquire) == 0
+    }
+
+    /// Takes every queued control message, in order.
+    pub fn drain_control(&self, mut f: impl FnMut(Control)) -> usize {
+        let mut n = 0;
+        while let Some(m) = self.control.pop() {
+            f(m);
+            n += 1;
+        }
+        self.control_len.fetch_sub(n, Ordering::AcqRel);
+        n
+    }
+
+    /// Queues a control message. A non-essential one (see [`Control::is_essential`]) is
+    /// refused when `capacity` control messages wait already; essential ones are bounded by
+    /// construction and always taken.
+    fn push_control(&self, msg: Control) -> Result<(), Control> {
+        if self.control_len.fetch_add(1, Ordering::AcqRel) >= self.capacity && !msg.is_essential() {
+            self.control_len.fetch_sub(1, Ordering::AcqRel);
+            return Err(msg);
+        }
+        self.control.push(msg);
+        self.ring();
+        Ok(())
     }
 
     /// True (once) when updates were dropped since the last call: the shard must resynchronise.
@@ -100,6 +149,8 @@ impl ShardBus {
                     queue: SegQueue::new(),
                     len: AtomicUsize::new(0),
                     capacity,
+                    control: SegQueue::new(),
+                    control_len: AtomicUsize::new(0),
                     overrun: AtomicBool::new(false),
                     dropped: AtomicU64::new(0),
                     rung: AtomicBool::new(false),
@@ -124,6 +175,26 @@ impl ShardBus {
 }
 
 impl ShardBus {
+    /// Hands a control message to one shard or to all. Returns the message when the (single)
+    /// target refused it; a refusal by some shards of an [`Dest::All`] message is counted by
+    /// the bus only (those are member events: best effort).
+    pub fn send_control(&self, dest: Dest, msg: Control) -> Result<(), Control> {
+        match dest {
+            Dest::Shard(i) => match self.inboxes.get(i as usize) {
+                Some(inbox) => inbox.push_control(msg),
+                None => Err(msg),
+            },
+            Dest::All => {
+                for inbox in &self.inboxes {
+                    if inbox.push_control(msg.clone()).is_err() {
+                        inbox.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Delivers `msg` to every shard (the publishing shard included), and to the tap. Called
     /// with the topic locked, so it only enqueues and wakes, never blocks.
     pub fn publish(&self, msg: UpdateMsg) {
@@ -154,6 +225,7 @@ mod tests {
             seq,
             flags: 0,
             frame: bytes::Bytes::from_static(b"x"),
+            skip: 0,
         };
         for seq in 1..=5 {
             bus.publish(msg(seq));

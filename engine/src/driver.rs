@@ -2,9 +2,11 @@
 //! completions between the kernel and its [`Shard`] and decides nothing about connections: the
 //! shard's outputs become submissions, completions become the shard's inputs.
 //!
-//! The loop is bounded: between two looks at its completions it submits at most
-//! `sends_per_round` gathered sends, so a core fanning out a broadcast to many connections still
-//! reads PINGs, SUBSCRIBEs and publishes within a short delay.
+//! The loop is bounded: between two looks at its completions it queues at most
+//! `deliveries_per_round` deliveries from the bus (whole updates: at least one) and submits at
+//! most `sends_per_round` gathered sends, and answers to what clients sent (PONG, SUBACK, ACK)
+//! go first in the send order; so a core fanning out bursts to many connections still reads and
+//! answers PINGs, SUBSCRIBEs, MESSAGEs and publishes within a short delay.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -42,6 +44,8 @@ pub struct ShardSetup {
     pub epoch_instant: Instant,
     /// Gathered sends submitted at most between two reaps of the completion queue.
     pub sends_per_round: usize,
+    /// Deliveries queued from the bus at most between two reaps (at least one update).
+    pub deliveries_per_round: u64,
 }
 
 /// Clock reads for the shard.
@@ -125,7 +129,14 @@ pub fn run(
         }
         let t = now(start);
         let fanout_start = Instant::now();
-        let drained = setup.inbox.drain(|m| shard.handle(Input::Update(&m), t));
+        setup
+            .inbox
+            .drain_control(|m| shard.handle(Input::Control(&m), t));
+        let budget_end = shard.deliveries() + setup.deliveries_per_round;
+        let drained = setup.inbox.drain_while(|m| {
+            shard.handle(Input::Update(&m), t);
+            shard.deliveries() < budget_end
+        });
         if setup.inbox.take_overrun() {
             tracing::warn!(
                 dropped = setup.inbox.dropped(),
@@ -174,7 +185,7 @@ pub fn run(
             break;
         }
         // Wait for a completion, the next deadline, or (with sends still queued) nothing at all.
-        let (want, wait) = if shard.has_transmits() {
+        let (want, wait) = if shard.has_transmits() || !setup.inbox.is_empty() {
             (0, Duration::ZERO)
         } else {
             let mut wait = MAX_WAIT;
@@ -272,9 +283,20 @@ fn apply_outputs(
             Output::CancelSend(tok) => ring.cancel(ud(Op::Send, tok), ud(Op::Cancel, tok))?,
             Output::Close(tok) => ring.close(tok.slot, ud(Op::Close, tok))?,
             Output::Publish(p) => {
-                registry.publish(&p.topic, p.flags, &p.payload, t.unix_us, &mut |m| {
-                    bus.publish(m)
-                });
+                let skip = p.skip;
+                let seq =
+                    registry.publish(&p.topic, p.flags, &p.payload, t.unix_us, &mut |mut m| {
+                        m.skip = skip;
+                        bus.publish(m)
+                    });
+                if let Some(origin) = p.ack {
+                    shard.handle(Input::Published { origin, seq }, t);
+                }
+            }
+            Output::Control(dest, msg) => {
+                if let Err(m) = bus.send_control(dest, msg) {
+                    shard.handle(Input::ControlRefused(&m), t);
+                }
             }
         }
     }

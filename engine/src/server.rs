@@ -42,6 +42,9 @@ pub struct ServerConfig {
     /// Gathered sends a shard submits at most between two looks at its completions (bounds
     /// how long inbound traffic waits during a big fan-out).
     pub sends_per_round: usize,
+    /// Deliveries a shard queues from the bus at most between two looks at its completions
+    /// (at least one whole update).
+    pub deliveries_per_round: u64,
     /// Updates a shard's inbox holds at most; beyond it they are dropped and the shard
     /// resynchronises its subscribers (SNAPSHOT|RESET).
     pub inbox_capacity: usize,
@@ -64,7 +67,8 @@ impl Default for ServerConfig {
             recv_buffers: 2048,
             recv_buffer_size: 2048,
             sq_entries: 4096,
-            sends_per_round: 1024,
+            sends_per_round: 256,
+            deliveries_per_round: 16_384,
             inbox_capacity: 1 << 20,
             socket_send_buffer: 256 * 1024,
             tap: None,
@@ -102,9 +106,39 @@ impl ServerConfig {
         let c = &self.core;
         let r = &self.registry;
         need(
-            (1..=1024).contains(&self.cores),
+            (1..=256).contains(&self.cores),
             "--cores",
-            "must be between 1 and 1024",
+            "must be between 1 and 256 (session ids carry the core)",
+        )?;
+        need(
+            c.max_connections < 0x00ff_0000,
+            "--max-conns-per-core",
+            "must be below 16,711,680 (session ids carry the slot in 24 bits)",
+        )?;
+        need(
+            self.deliveries_per_round >= 1,
+            "--deliveries-per-round",
+            "must be at least 1",
+        )?;
+        need(
+            c.message_rate >= 1 && c.message_burst >= 1,
+            "--message-rate",
+            "rate and burst must be at least 1",
+        )?;
+        need(
+            c.max_inflight_messages >= 1,
+            "--max-inflight-messages",
+            "must be at least 1",
+        )?;
+        need(
+            c.backend_outbox_limit >= c.max_frame as usize,
+            "--backend-outbox-limit",
+            "must be at least --max-frame",
+        )?;
+        need(
+            c.presence_interval_ms >= 10,
+            "--presence-interval-ms",
+            "must be at least 10",
         )?;
         need(
             (4096..=yorker_wire::MAX_MAX_FRAME).contains(&c.max_frame),
@@ -490,12 +524,14 @@ impl Server {
                 shutdown: shutdown.clone(),
                 epoch_instant,
                 sends_per_round: cfg.sends_per_round,
+                deliveries_per_round: cfg.deliveries_per_round,
             };
             let core = Shard::new(
                 core_cfg.clone(),
                 registry.clone(),
                 epoch ^ ((id as u64 + 1) << 32),
-            );
+            )
+            .with_id(id as u8);
             let (tx, rx) = std::sync::mpsc::channel();
             let t = std::thread::Builder::new()
                 .name(format!("yorker-shard-{id}"))

@@ -92,4 +92,13 @@ shared_stats!(
     auth_refused,
     tokens_verified,
     tokens_expired,
+    messages_in,
+    messages_to_backends,
+    messages_acked,
+    messages_refused,
+    posts,
+    posts_refused,
+    replies,
+    replies_dropped,
+    control_dropped,
 );

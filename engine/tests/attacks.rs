@@ -54,6 +54,7 @@ fn subscribe_names(c: &mut Client, names: impl Iterator<Item = String>) -> SubAc
                 topic,
                 resume: None,
                 conflate: true,
+                presence: false,
             })
             .collect(),
     )
@@ -137,6 +138,7 @@ fn oversized_requests_are_refused_and_replies_fit_a_frame() {
                 topic: format!("t/{i}"),
                 resume: None,
                 conflate: true,
+                presence: false,
             })
             .collect(),
     }));
@@ -320,6 +322,7 @@ fn a_resume_that_does_not_fit_falls_back_to_a_snapshot() {
         topic: topic.into(),
         resume: Some(ResumeFrom { epoch, seq }),
         conflate: false,
+        presence: false,
     };
     // Each replay (24 x 8 KB) fits an empty outbox; both together do not.
     let mut c = Client::connect(addr, Role::Subscriber);

@@ -62,6 +62,7 @@ fn reconnect_with_resume_gets_exactly_the_missed_updates() {
         topic: "m".into(),
         resume: Some(ResumeFrom { epoch, seq: 3 }),
         conflate: false,
+        presence: false,
     }]);
     assert_eq!(
         (ack.entries[0].result, ack.entries[0].seq),
@@ -96,6 +97,7 @@ fn reconnect_with_resume_gets_exactly_the_missed_updates() {
             topic: "m".into(),
             resume: Some(resume),
             conflate: true,
+            presence: false,
         }]);
         assert_eq!(ack.entries[0].result, SubResult::Reset);
         let u = r.next_update(T).unwrap();

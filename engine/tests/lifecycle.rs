@@ -190,11 +190,13 @@ fn bad_input_gets_error_and_close_while_others_keep_receiving() {
             topic: "/bad".into(),
             resume: None,
             conflate: true,
+            presence: false,
         },
         SubscribeEntry {
             topic: "t".into(),
             resume: None,
             conflate: true,
+            presence: false,
         },
     ]);
     assert_eq!(ack.entries[0].result, SubResult::InvalidTopic);

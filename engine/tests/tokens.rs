@@ -103,6 +103,7 @@ fn results(c: &mut Client, topics: &[&str]) -> Vec<SubResult> {
                 topic: t.to_string(),
                 resume: None,
                 conflate: true,
+                presence: false,
             })
             .collect(),
     )

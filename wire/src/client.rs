@@ -597,6 +597,7 @@ impl ClientSession {
                             seq: s.seq,
                         }),
                         conflate: s.conflate,
+                        presence: false,
                     }
                 })
                 .collect();

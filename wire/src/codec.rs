@@ -48,6 +48,9 @@ impl Frame {
                     if !e.conflate {
                         flags |= sub_flags::NO_CONFLATE;
                     }
+                    if e.presence {
+                        flags |= sub_flags::PRESENCE;
+                    }
                     dst.put_u8(flags);
                     put_str8(dst, &e.topic);
                     if let Some(r) = e.resume {
@@ -108,6 +111,73 @@ impl Frame {
                 dst.put_u32(*topic_id);
                 put_str8(dst, name);
             }
+            Frame::Message(m) => {
+                dst.put_u32(m.request_id);
+                put_str8(dst, &m.routing_key);
+                dst.put_slice(&m.payload);
+            }
+            Frame::Post(p) => {
+                dst.put_u32(p.request_id);
+                dst.put_u8(p.flags);
+                put_str8(dst, &p.topic);
+                dst.put_slice(&p.payload);
+            }
+            Frame::PresenceGet { request_id, topic } => {
+                dst.put_u32(*request_id);
+                put_str8(dst, topic);
+            }
+            Frame::Reply {
+                session_id,
+                request_id,
+                payload,
+            } => {
+                dst.put_u64(*session_id);
+                dst.put_u32(*request_id);
+                dst.put_slice(payload);
+            }
+            Frame::Ack {
+                request_id,
+                code,
+                seq,
+            } => {
+                dst.put_u32(*request_id);
+                dst.put_u16(*code);
+                dst.put_u64(*seq);
+            }
+            Frame::Response {
+                request_id,
+                payload,
+            } => {
+                dst.put_u32(*request_id);
+                dst.put_slice(payload);
+            }
+            Frame::Presence {
+                request_id,
+                topic_id,
+                members,
+            } => {
+                dst.put_u32(*request_id);
+                dst.put_u32(*topic_id);
+                dst.put_u32(*members);
+            }
+            Frame::Member {
+                topic_id,
+                event,
+                session_id,
+                user,
+            } => {
+                dst.put_u32(*topic_id);
+                dst.put_u8(*event);
+                dst.put_u64(*session_id);
+                put_str8(dst, user);
+            }
+            Frame::ClientMessage(m) => {
+                dst.put_u64(m.session_id);
+                dst.put_u32(m.request_id);
+                put_str8(dst, &m.user);
+                put_str8(dst, &m.routing_key);
+                dst.put_slice(&m.payload);
+            }
             Frame::Synced {
                 topics,
                 epoch,
@@ -165,6 +235,14 @@ impl Frame {
             Frame::Error(e) => str16("message", &e.message),
             Frame::GoAway(g) => str16("message", &g.message),
             Frame::Topic { name, .. } => str8("name", name),
+            Frame::Message(m) => str8("routing_key", &m.routing_key),
+            Frame::Post(p) => str8("topic", &p.topic),
+            Frame::PresenceGet { topic, .. } => str8("topic", topic),
+            Frame::Member { user, .. } => str8("user", user),
+            Frame::ClientMessage(m) => {
+                str8("user", &m.user)?;
+                str8("routing_key", &m.routing_key)
+            }
             _ => Ok(()),
         }
     }
@@ -431,6 +509,7 @@ pub fn decode_body(mut b: Bytes) -> Result<Frame, DecodeError> {
                     topic,
                     resume,
                     conflate: flags & sub_flags::NO_CONFLATE == 0,
+                    presence: flags & sub_flags::PRESENCE != 0,
                 });
             }
             Frame::Subscribe(Subscribe {
@@ -527,6 +606,53 @@ pub fn decode_body(mut b: Bytes) -> Result<Frame, DecodeError> {
             expires_at_s: r.u64("expires_at_s")?,
             grace_ms: r.u32("grace_ms")?,
         },
+        frame_type::MESSAGE => Frame::Message(Message {
+            request_id: r.u32("request_id")?,
+            routing_key: r.str8("routing_key")?,
+            payload: r.rest(),
+        }),
+        frame_type::POST => Frame::Post(Post {
+            request_id: r.u32("request_id")?,
+            flags: r.u8("flags")?,
+            topic: r.str8("topic")?,
+            payload: r.rest(),
+        }),
+        frame_type::PRESENCE_GET => Frame::PresenceGet {
+            request_id: r.u32("request_id")?,
+            topic: r.str8("topic")?,
+        },
+        frame_type::REPLY => Frame::Reply {
+            session_id: r.u64("session_id")?,
+            request_id: r.u32("request_id")?,
+            payload: r.rest(),
+        },
+        frame_type::ACK => Frame::Ack {
+            request_id: r.u32("request_id")?,
+            code: r.u16("code")?,
+            seq: r.u64("seq")?,
+        },
+        frame_type::RESPONSE => Frame::Response {
+            request_id: r.u32("request_id")?,
+            payload: r.rest(),
+        },
+        frame_type::PRESENCE => Frame::Presence {
+            request_id: r.u32("request_id")?,
+            topic_id: r.u32("topic_id")?,
+            members: r.u32("members")?,
+        },
+        frame_type::MEMBER => Frame::Member {
+            topic_id: r.u32("topic_id")?,
+            event: r.u8("event")?,
+            session_id: r.u64("session_id")?,
+            user: r.str8("user")?,
+        },
+        frame_type::CLIENT_MESSAGE => Frame::ClientMessage(ClientMessage {
+            session_id: r.u64("session_id")?,
+            request_id: r.u32("request_id")?,
+            user: r.str8("user")?,
+            routing_key: r.str8("routing_key")?,
+            payload: r.rest(),
+        }),
         frame_type::SYNCED => Frame::Synced {
             topics: r.u32("topics")?,
             epoch: r.u64("epoch")?,

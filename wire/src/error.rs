@@ -162,6 +162,17 @@ error_codes! {
     TokenExpired = 19, "token_expired";
     /// The server is over a memory or rate limit; reconnect later.
     ServerBusy = 20, "server_busy";
+    /// ACK (version 3): no backend is connected to take the MESSAGE.
+    NoBackend = 21, "no_backend";
+    /// ACK (version 3): the connection sends MESSAGE or POST faster than its rate limit, or has
+    /// too many MESSAGEs awaiting their ACK.
+    RateLimited = 22, "rate_limited";
+    /// ACK (version 3): the backend the MESSAGE was routed to disconnected before the message
+    /// was written to it; it was not delivered (sending it again is safe).
+    BackendGone = 23, "backend_gone";
+    /// ACK (version 3): the session may not send MESSAGE, or POST to this topic or with these
+    /// flags.
+    Forbidden = 24, "forbidden";
 }
 
 impl std::fmt::Display for ErrorCode {

@@ -5,9 +5,11 @@
 use bytes::Bytes;
 
 /// The highest protocol version this crate speaks. Version 2 adds tokens of up to 65,535 bytes
-/// in HELLO (signed JWTs), AUTH / AUTH_OK (token refresh within a session). A server speaks
-/// every version from 1 up to this one.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// in HELLO (signed JWTs), AUTH / AUTH_OK (token refresh within a session). Version 3 adds
+/// client messages to backends (MESSAGE, CLIENT_MESSAGE, REPLY, RESPONSE), acknowledged
+/// publishes and rooms (POST, ACK), presence (PRESENCE_GET, PRESENCE, MEMBER) and the backend
+/// role. A server speaks every version from 1 up to this one.
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Bytes of the length prefix in front of every frame.
 pub const LENGTH_PREFIX: usize = 4;
 /// The most a server accepts before WELCOME told the client the real limit (HELLO must fit).
@@ -33,6 +35,14 @@ pub mod frame_type {
     pub const PUBLISH: u8 = 0x05;
     /// Client -> server (version 2): a new token for this session (refresh before expiry).
     pub const AUTH: u8 = 0x06;
+    /// Client -> server (version 3): a message for the backends.
+    pub const MESSAGE: u8 = 0x07;
+    /// Client -> server (version 3): publish with an acknowledgement (rooms, publishers).
+    pub const POST: u8 = 0x08;
+    /// Client -> server (version 3): how many sessions are subscribed to a topic.
+    pub const PRESENCE_GET: u8 = 0x09;
+    /// Backend -> server (version 3): an answer for one session.
+    pub const REPLY: u8 = 0x0a;
     /// Server -> client: session accepted.
     pub const WELCOME: u8 = 0x81;
     /// Server -> client: result of SUBSCRIBE or UNSUBSCRIBE.
@@ -54,6 +64,16 @@ pub mod frame_type {
     pub const SYNCED: u8 = 0x89;
     /// Server -> client (version 2): a token was accepted; when it expires.
     pub const AUTH_OK: u8 = 0x8a;
+    /// Server -> client (version 3): the outcome of a MESSAGE or POST.
+    pub const ACK: u8 = 0x8b;
+    /// Server -> client (version 3): a backend's REPLY to this session.
+    pub const RESPONSE: u8 = 0x8c;
+    /// Server -> client (version 3): a topic's member count.
+    pub const PRESENCE: u8 = 0x8d;
+    /// Server -> client (version 3): a session joined or left a small topic (room).
+    pub const MEMBER: u8 = 0x8e;
+    /// Server -> backend (version 3): a client's MESSAGE, with the sender's identity.
+    pub const CLIENT_MESSAGE: u8 = 0x8f;
 }
 
 /// What a connection intends to do; chosen once, in HELLO.
@@ -67,6 +87,9 @@ pub enum Role {
     /// A downstream engine: receives every topic's snapshot, then every update, never
     /// conflated (docs/RELAYS.md). Presents the relay key as its token when the server has one.
     Relay = 3,
+    /// A backend service (version 3): receives clients' MESSAGEs, answers with REPLY, and may
+    /// publish like a publisher. Presents the backend key or a token granting `backend`.
+    Backend = 4,
 }
 
 impl Role {
@@ -76,6 +99,7 @@ impl Role {
             1 => Some(Role::Subscriber),
             2 => Some(Role::Publisher),
             3 => Some(Role::Relay),
+            4 => Some(Role::Backend),
             _ => None,
         }
     }
@@ -94,6 +118,8 @@ pub mod update_flags {
     pub const RESET: u8 = 0x08;
     /// Bits a publisher may set in PUBLISH.
     pub const PUBLISH_MASK: u8 = URGENT | BROADCAST;
+    /// POST only (version 3): do not deliver the update to the posting connection itself.
+    pub const NO_ECHO: u8 = 0x04;
 }
 
 /// Options of one SUBSCRIBE entry (one byte).
@@ -102,6 +128,9 @@ pub mod sub_flags {
     pub const RESUME: u8 = 0x01;
     /// Turn conflation off for this subscription: every update is queued.
     pub const NO_CONFLATE: u8 = 0x02;
+    /// Version 3: also receive the topic's member count (PRESENCE) when it changes, and
+    /// MEMBER events while the topic is small.
+    pub const PRESENCE: u8 = 0x04;
 }
 
 /// Per-topic result of SUBSCRIBE / UNSUBSCRIBE, carried in SUBACK (u8).
@@ -192,6 +221,8 @@ pub struct SubscribeEntry {
     pub resume: Option<ResumeFrom>,
     /// Conflation for this subscription (default on).
     pub conflate: bool,
+    /// Version 3: member counts and join/leave events for this topic ([`sub_flags::PRESENCE`]).
+    pub presence: bool,
 }
 
 /// SUBSCRIBE: one or more topics, answered by one SUBACK with the same request id.
@@ -306,7 +337,47 @@ pub struct GoAway {
     pub message: String,
 }
 
-/// Every frame of protocol v1.
+/// MESSAGE (version 3): a client's message for the backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Echoed in the ACK and in the backend's REPLY.
+    pub request_id: u32,
+    /// Messages with the same key go to the same backend, in order (empty: the session id).
+    pub routing_key: String,
+    /// Opaque application bytes.
+    pub payload: Bytes,
+}
+
+/// POST (version 3): a publish answered by ACK with the update's sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Post {
+    /// Echoed in the ACK.
+    pub request_id: u32,
+    /// [`update_flags::URGENT`], [`update_flags::BROADCAST`] (publishers),
+    /// [`update_flags::NO_ECHO`].
+    pub flags: u8,
+    /// Topic name.
+    pub topic: String,
+    /// Opaque application bytes.
+    pub payload: Bytes,
+}
+
+/// CLIENT_MESSAGE (version 3): a client's MESSAGE as a backend receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientMessage {
+    /// The sender's session (WELCOME's session id): REPLY names it.
+    pub session_id: u64,
+    /// The sender's request id.
+    pub request_id: u32,
+    /// The sender's user (the token's `sub`); empty for a session without one.
+    pub user: String,
+    /// The routing key the sender gave.
+    pub routing_key: String,
+    /// The sender's bytes, unchanged.
+    pub payload: Bytes,
+}
+
+/// Every frame of the protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     /// Client -> server: open a session.
@@ -358,6 +429,64 @@ pub enum Frame {
         /// After expiry the session lives this many ms more, for a refresh to arrive.
         grace_ms: u32,
     },
+    /// Client -> server (v3): a message for the backends.
+    Message(Message),
+    /// Client -> server (v3): publish with an acknowledgement.
+    Post(Post),
+    /// Client -> server (v3): ask for a topic's member count.
+    PresenceGet {
+        /// Echoed in PRESENCE.
+        request_id: u32,
+        /// Topic name.
+        topic: String,
+    },
+    /// Backend -> server (v3): an answer for one session.
+    Reply {
+        /// The session (from CLIENT_MESSAGE).
+        session_id: u64,
+        /// The request it answers (the client's request id), or any value the client expects.
+        request_id: u32,
+        /// Opaque application bytes.
+        payload: Bytes,
+    },
+    /// Server -> client (v3): the outcome of a MESSAGE or POST.
+    Ack {
+        /// The request's id.
+        request_id: u32,
+        /// 0: accepted; otherwise an error code (docs/PROTOCOL.md §5). Never fatal.
+        code: u16,
+        /// POST: the update's sequence number; MESSAGE: 0.
+        seq: u64,
+    },
+    /// Server -> client (v3): a backend's REPLY.
+    Response {
+        /// The request id the backend named.
+        request_id: u32,
+        /// The backend's bytes.
+        payload: Bytes,
+    },
+    /// Server -> client (v3): a topic's member count.
+    Presence {
+        /// PRESENCE_GET's request id; 0 for the updates a PRESENCE subscription receives.
+        request_id: u32,
+        /// The topic's id (0: no such topic).
+        topic_id: u32,
+        /// Subscriptions to the topic over the whole server.
+        members: u32,
+    },
+    /// Server -> client (v3): a session joined or left a small topic.
+    Member {
+        /// The topic's id.
+        topic_id: u32,
+        /// 1 joined, 2 left.
+        event: u8,
+        /// The session.
+        session_id: u64,
+        /// Its user (the token's `sub`), empty without one.
+        user: String,
+    },
+    /// Server -> backend (v3): a client's MESSAGE.
+    ClientMessage(ClientMessage),
     /// Server -> relay: the initial snapshot is complete.
     Synced {
         /// Topics whose snapshot (or TOPIC alone, when they hold no value yet) was sent.
@@ -391,6 +520,15 @@ impl Frame {
             Frame::Synced { .. } => SYNCED,
             Frame::Auth { .. } => AUTH,
             Frame::AuthOk { .. } => AUTH_OK,
+            Frame::Message(_) => MESSAGE,
+            Frame::Post(_) => POST,
+            Frame::PresenceGet { .. } => PRESENCE_GET,
+            Frame::Reply { .. } => REPLY,
+            Frame::Ack { .. } => ACK,
+            Frame::Response { .. } => RESPONSE,
+            Frame::Presence { .. } => PRESENCE,
+            Frame::Member { .. } => MEMBER,
+            Frame::ClientMessage(_) => CLIENT_MESSAGE,
         }
     }
 
@@ -425,6 +563,15 @@ pub fn frame_name(t: u8) -> &'static str {
         SYNCED => "SYNCED",
         AUTH => "AUTH",
         AUTH_OK => "AUTH_OK",
+        MESSAGE => "MESSAGE",
+        POST => "POST",
+        PRESENCE_GET => "PRESENCE_GET",
+        REPLY => "REPLY",
+        ACK => "ACK",
+        RESPONSE => "RESPONSE",
+        PRESENCE => "PRESENCE",
+        MEMBER => "MEMBER",
+        CLIENT_MESSAGE => "CLIENT_MESSAGE",
         _ => "?",
     }
 }

@@ -25,6 +25,7 @@ fn frame() -> impl Strategy<Value = Frame> {
             topic,
             resume: r.map(|(epoch, seq)| ResumeFrom { epoch, seq }),
             conflate,
+            presence: false,
         });
     let result = prop_oneof![
         Just(SubResult::Ok),

@@ -78,6 +78,109 @@ fn expected() -> Vec<(&'static str, Frame)> {
             },
         ),
         (
+            "hello_backend",
+            Frame::Hello(Hello {
+                version: 3,
+                role: Role::Backend,
+                client_name: "bets".into(),
+                token: "bk".into(),
+            }),
+        ),
+        (
+            "subscribe_presence",
+            Frame::Subscribe(Subscribe {
+                request_id: 4,
+                entries: vec![SubscribeEntry {
+                    topic: "room/7".into(),
+                    resume: None,
+                    conflate: false,
+                    presence: true,
+                }],
+            }),
+        ),
+        (
+            "message",
+            Frame::Message(Message {
+                request_id: 9,
+                routing_key: "u1".into(),
+                payload: Bytes::from_static(&[0xb0, 0x01]),
+            }),
+        ),
+        (
+            "post",
+            Frame::Post(Post {
+                request_id: 10,
+                flags: update_flags::NO_ECHO,
+                topic: "room/7".into(),
+                payload: Bytes::from_static(b"hi"),
+            }),
+        ),
+        (
+            "presence_get",
+            Frame::PresenceGet {
+                request_id: 11,
+                topic: "room/7".into(),
+            },
+        ),
+        (
+            "reply",
+            Frame::Reply {
+                session_id: 0x0000_0005_0000_0003,
+                request_id: 9,
+                payload: Bytes::from_static(&[0x01]),
+            },
+        ),
+        (
+            "ack",
+            Frame::Ack {
+                request_id: 10,
+                code: 0,
+                seq: 42,
+            },
+        ),
+        (
+            "ack_refused",
+            Frame::Ack {
+                request_id: 9,
+                code: 21,
+                seq: 0,
+            },
+        ),
+        (
+            "response",
+            Frame::Response {
+                request_id: 9,
+                payload: Bytes::from_static(&[0x01]),
+            },
+        ),
+        (
+            "presence",
+            Frame::Presence {
+                request_id: 0,
+                topic_id: 3,
+                members: 5,
+            },
+        ),
+        (
+            "member",
+            Frame::Member {
+                topic_id: 3,
+                event: 1,
+                session_id: 0x0000_0005_0000_0003,
+                user: "u1".into(),
+            },
+        ),
+        (
+            "client_message",
+            Frame::ClientMessage(ClientMessage {
+                session_id: 0x0000_0005_0000_0003,
+                request_id: 9,
+                user: "u1".into(),
+                routing_key: "u1".into(),
+                payload: Bytes::from_static(&[0xb0, 0x01]),
+            }),
+        ),
+        (
             "subscribe",
             Frame::Subscribe(Subscribe {
                 request_id: 1,
@@ -85,6 +188,7 @@ fn expected() -> Vec<(&'static str, Frame)> {
                     topic: "match/42".into(),
                     resume: None,
                     conflate: true,
+                    presence: false,
                 }],
             }),
         ),
@@ -100,11 +204,13 @@ fn expected() -> Vec<(&'static str, Frame)> {
                             seq: 17,
                         }),
                         conflate: true,
+                        presence: false,
                     },
                     SubscribeEntry {
                         topic: "news".into(),
                         resume: None,
                         conflate: false,
+                        presence: false,
                     },
                 ],
             }),

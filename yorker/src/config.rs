@@ -73,6 +73,34 @@ pub struct ServeArgs {
     /// session costs a snapshot of every topic.
     #[arg(long, env = "YORKER_ALLOW_ANONYMOUS_RELAYS")]
     pub allow_anonymous_relays: bool,
+    /// Key backend services present as their HELLO token (role backend, protocol version 3);
+    /// without it (and without a token granting `backend`) no backend may connect, and every
+    /// MESSAGE is answered `no_backend`.
+    #[arg(long, env = "YORKER_BACKEND_KEY", hide_env_values = true)]
+    pub backend_key: Option<String>,
+    /// Let sessions without a token send MESSAGE to the backends (by default only sessions
+    /// with a verified token, publishers and backends may).
+    #[arg(long, env = "YORKER_ANONYMOUS_MESSAGES")]
+    pub anonymous_messages: bool,
+    /// MESSAGEs (and subscribers' POSTs) per second per connection; beyond: ACK rate_limited.
+    #[arg(long, env = "YORKER_MESSAGE_RATE", default_value_t = 50)]
+    pub message_rate: u32,
+    /// Burst of that per-connection rate.
+    #[arg(long, env = "YORKER_MESSAGE_BURST", default_value_t = 100)]
+    pub message_burst: u32,
+    /// MESSAGEs of one connection waiting for their ACK at most; beyond: ACK rate_limited.
+    #[arg(long, env = "YORKER_MAX_INFLIGHT_MESSAGES", default_value_t = 64)]
+    pub max_inflight_messages: u32,
+    /// Bytes queued per backend connection at most; beyond it MESSAGEs routed to it are
+    /// refused server_busy (the backend stays connected).
+    #[arg(long, env = "YORKER_BACKEND_OUTBOX_LIMIT", default_value_t = 16 * 1024 * 1024)]
+    pub backend_outbox_limit: usize,
+    /// A topic's member count goes to its presence subscribers at most once per this many ms.
+    #[arg(long, env = "YORKER_PRESENCE_INTERVAL_MS", default_value_t = 1_000)]
+    pub presence_interval_ms: u64,
+    /// MEMBER join/leave events only while a topic has at most this many members (0: never).
+    #[arg(long, env = "YORKER_PRESENCE_EVENTS_MAX", default_value_t = 32)]
+    pub presence_events_max: u32,
     /// Relay connections the server holds at most (each receives every topic).
     #[arg(long, env = "YORKER_MAX_RELAYS", default_value_t = 64)]
     pub max_relays: usize,
@@ -170,8 +198,13 @@ pub struct ServeArgs {
     pub sq_entries: u32,
     /// Gathered sends a core submits at most before it looks at its completions again (bounds
     /// how long inbound traffic waits during a big fan-out).
-    #[arg(long, env = "YORKER_SENDS_PER_ROUND", default_value_t = 1024)]
+    #[arg(long, env = "YORKER_SENDS_PER_ROUND", default_value_t = 256)]
     pub sends_per_round: usize,
+    /// Deliveries a core queues from its inbox at most before it looks at its completions
+    /// again (at least one whole update): with --sends-per-round, bounds how long a PING or a
+    /// MESSAGE waits while the core fans out bursts.
+    #[arg(long, env = "YORKER_DELIVERIES_PER_ROUND", default_value_t = 16_384)]
+    pub deliveries_per_round: u64,
     /// Updates a core's inbox holds at most; beyond it they are dropped and that core
     /// resynchronises its subscribers (SNAPSHOT|RESET).
     #[arg(long, env = "YORKER_INBOX_CAPACITY", default_value_t = 1 << 20)]
@@ -462,6 +495,14 @@ impl ServeArgs {
                 goaway_jitter_ms: self.goaway_jitter_ms,
                 drain_ms: self.drain_ms,
                 accept_rate: self.accept_rate,
+                backend_key: self.backend_key.clone(),
+                anonymous_messages: self.anonymous_messages,
+                message_rate: self.message_rate,
+                message_burst: self.message_burst,
+                max_inflight_messages: self.max_inflight_messages,
+                backend_outbox_limit: self.backend_outbox_limit,
+                presence_interval_ms: self.presence_interval_ms,
+                presence_events_max: self.presence_events_max,
             },
             registry: RegistryLimits {
                 history_depth: self.history_depth,
@@ -475,6 +516,7 @@ impl ServeArgs {
             recv_buffer_size: self.recv_buffer_size,
             sq_entries: self.sq_entries,
             sends_per_round: self.sends_per_round,
+            deliveries_per_round: self.deliveries_per_round,
             inbox_capacity: self.inbox_capacity,
             socket_send_buffer: self.socket_send_buffer,
             tap: None,

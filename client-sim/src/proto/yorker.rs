@@ -83,6 +83,7 @@ pub fn handshake(name: &str, topics: &[(String, Option<ResumeFrom>)], conflate: 
                 topic: t.clone(),
                 resume: *resume,
                 conflate,
+                presence: false,
             })
             .collect(),
     })

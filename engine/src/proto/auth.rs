@@ -121,6 +121,14 @@ impl Grant {
         self.role == role || (self.role == Role::Publisher && role == Role::Subscriber)
     }
 
+    /// May a subscriber session with this grant POST to `topic` (a room)? Only where the
+    /// token's `publish` patterns say.
+    pub fn may_post(&self, topic: &str) -> bool {
+        self.publish
+            .as_ref()
+            .is_some_and(|ps| ps.iter().any(|p| p.matches(topic)))
+    }
+
     /// True when the subject owns `topic` (`user/<sub>` or below).
     fn owns(&self, topic: &str) -> bool {
         let Some(sub) = &self.subject else {
@@ -219,6 +227,7 @@ impl Claims {
             None | Some("subscriber") => Role::Subscriber,
             Some("publisher") => Role::Publisher,
             Some("relay") => Role::Relay,
+            Some("backend") => Role::Backend,
             Some(other) => return Err(TokenError::Invalid(format!("unknown role {other:?}"))),
         };
         if let Some(s) = &self.sub {

@@ -32,8 +32,16 @@ impl Shard {
             let n = self.index.subscribers(msg.topic).len();
             // Rotate where each fan-out starts so no connection is always served last.
             let start = if n == 0 { 0 } else { (msg.seq as usize) % n };
+            // A POST with NO_ECHO skips its poster (its ACK told it the seq).
+            let skip = self.skip_slot(msg.skip);
             for i in 0..n {
                 let slot = self.index.subscribers(msg.topic)[(start + i) % n];
+                if Some(slot) == skip {
+                    if let Some(sub) = self.index.get_mut(slot, msg.topic) {
+                        sub.last_seq = sub.last_seq.max(msg.seq);
+                    }
+                    continue;
+                }
                 if !self.deliver(slot, msg, urgent) {
                     overflowed.push(slot);
                 }
@@ -145,6 +153,7 @@ impl Shard {
                 seq: start.seq,
                 flags: update_flags::SNAPSHOT | update_flags::RESET,
                 frame,
+                skip: 0,
             };
             for slot in self.index.subscribers(id).to_vec() {
                 if !self.deliver(slot, &msg, false) {

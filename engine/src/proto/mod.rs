@@ -17,6 +17,8 @@
 //! * [`subscriptions`]: SUBSCRIBE, UNSUBSCRIBE, resume, permissions;
 //! * [`fanout`]: updates from the bus into outboxes, broadcast, slow consumers;
 //! * [`relay_link`]: relay-role connections (every topic, in order);
+//! * [`messages`]: MESSAGE to backends, REPLY, POST (rooms), acknowledgements, rate limits;
+//! * [`presence`]: member counts and join/leave events;
 //! * [`limits`]: memory caps over the whole shard;
 //! * [`timers`]: the deadline heap;
 //! * [`registry`], [`subscribers`], [`outbox`], [`auth`]: the data structures.
@@ -25,7 +27,9 @@
 pub mod auth;
 mod fanout;
 mod limits;
+pub mod messages;
 pub mod outbox;
+mod presence;
 pub mod registry;
 mod relay_link;
 mod session;
@@ -37,7 +41,7 @@ mod timers;
 #[cfg(test)]
 mod sim;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -50,6 +54,7 @@ use self::slot::{Slot, State};
 use self::subscribers::SubIndex;
 use self::timers::Deadlines;
 
+pub use self::messages::{Control, Dest, Origin};
 pub use self::registry::UpdateMsg;
 pub use self::slot::{SlotState, Token};
 
@@ -124,6 +129,24 @@ pub struct CoreConfig {
     /// Connections a core admits per second (a token bucket, with a burst of as many); beyond
     /// it a new connection gets GOAWAY `server_busy` with a retry hint. 0: no limit.
     pub accept_rate: u32,
+    /// Backends must present this key (or a token granting `backend`); `None` and no tokens:
+    /// no backend can connect.
+    pub backend_key: Option<String>,
+    /// Sessions without a token may send MESSAGE (by default only token holders, publishers
+    /// and backends may).
+    pub anonymous_messages: bool,
+    /// MESSAGE and (subscribers') POST per second per connection (a token bucket).
+    pub message_rate: u32,
+    /// Burst of that bucket.
+    pub message_burst: u32,
+    /// MESSAGEs of one connection waiting for their ACK, at most.
+    pub max_inflight_messages: u32,
+    /// Outbox bytes per backend connection (beyond: ACK `server_busy` to the senders).
+    pub backend_outbox_limit: usize,
+    /// PRESENCE updates per topic at most once per this many ms.
+    pub presence_interval_ms: u64,
+    /// MEMBER events only while a topic has at most this many members.
+    pub presence_events_max: u32,
 }
 
 impl Default for CoreConfig {
@@ -152,6 +175,14 @@ impl Default for CoreConfig {
             goaway_jitter_ms: 4_000,
             drain_ms: 2_000,
             accept_rate: 20_000,
+            backend_key: None,
+            anonymous_messages: false,
+            message_rate: 50,
+            message_burst: 100,
+            max_inflight_messages: 64,
+            backend_outbox_limit: 16 * 1024 * 1024,
+            presence_interval_ms: 1_000,
+            presence_events_max: 32,
         }
     }
 }
@@ -211,6 +242,24 @@ pub struct CoreStats {
     pub tokens_verified: u64,
     /// Sessions closed because their token expired without a refresh.
     pub tokens_expired: u64,
+    /// MESSAGEs accepted from this shard's clients (routed to a backend).
+    pub messages_in: u64,
+    /// MESSAGEs queued for this shard's backends.
+    pub messages_to_backends: u64,
+    /// MESSAGEs of this shard's clients acknowledged ok (written to a backend).
+    pub messages_acked: u64,
+    /// MESSAGEs of this shard's clients refused (ACK with an error code).
+    pub messages_refused: u64,
+    /// POSTs accepted.
+    pub posts: u64,
+    /// POSTs refused.
+    pub posts_refused: u64,
+    /// REPLY frames from this shard's backends.
+    pub replies: u64,
+    /// RESPONSEs not delivered (session gone, or its queue full).
+    pub replies_dropped: u64,
+    /// Control messages the bus refused (a shard's queue was full).
+    pub control_dropped: u64,
 }
 
 /// Something that happened, as the driver reports it.
@@ -240,6 +289,18 @@ pub enum Input<'a> {
     /// latest value of its topics again, flagged SNAPSHOT|RESET, and relay links are sent
     /// away to resynchronise.
     Resync,
+    /// A control message from another shard (client messages, replies, the backend
+    /// directory, member events).
+    Control(&'a Control),
+    /// The bus could not take a control message this shard sent ([`Output::Control`]).
+    ControlRefused(&'a Control),
+    /// The driver applied an acknowledged publish ([`PublishReq::ack`]): its sequence number.
+    Published {
+        /// Whom to acknowledge.
+        origin: Origin,
+        /// The update's sequence number.
+        seq: u64,
+    },
 }
 
 /// What the shard wants done, besides transmits.
@@ -254,8 +315,12 @@ pub enum Output {
     /// Close the direct descriptor; nothing else is in flight on it.
     Close(Token),
     /// Apply a PUBLISH: assign its sequence number in the registry, encode it once and hand it
-    /// to every shard's bus inbox, in the order these outputs come.
+    /// to every shard's bus inbox, in the order these outputs come. With `ack`, then feed
+    /// [`Input::Published`].
     Publish(PublishReq),
+    /// Hand a control message to another shard (or every shard) through the bus; if the bus
+    /// refuses it, feed [`Input::ControlRefused`].
+    Control(Dest, Control),
 }
 
 /// A PUBLISH accepted from a publisher of this shard.
@@ -267,6 +332,10 @@ pub struct PublishReq {
     pub flags: u8,
     /// The payload (a slice of the received bytes).
     pub payload: Bytes,
+    /// POST: acknowledge with the sequence number ([`Input::Published`]).
+    pub ack: Option<Origin>,
+    /// POST with NO_ECHO: the poster's session id ([`UpdateMsg::skip`]); 0: none.
+    pub skip: u64,
 }
 
 /// One shard's sans-IO state: its connection slots, subscriber index, timers and counters.
@@ -294,6 +363,19 @@ pub struct Shard {
     /// Accept token bucket: tokens, and when it was last refilled (ms).
     pub(crate) accept_tokens: f64,
     pub(crate) accept_refill_ms: u64,
+    /// This shard's number (session ids name it).
+    pub(crate) id: u8,
+    /// Every backend of the server (session ids, sorted), as announced on the bus.
+    pub(crate) backends: Vec<u64>,
+    /// This shard's backend connections.
+    pub(crate) backend_links: HashMap<u32, messages::BackendLink>,
+    /// Connections that sent MESSAGE or POST: rate buckets and in-flight windows.
+    pub(crate) senders: HashMap<u32, messages::Sender>,
+    /// Topics with presence subscribers here.
+    pub(crate) watches: presence::Watches,
+    pub(crate) presence_due_ms: u64,
+    /// Tickets of the send being started (scratch).
+    pub(crate) tickets: Vec<u64>,
     rng: u64,
 }
 
@@ -338,10 +420,23 @@ impl Shard {
             housekeeping_ms: HOUSEKEEPING_MS,
             accept_tokens: 0.0,
             accept_refill_ms: 0,
+            id: 0,
+            backends: Vec::new(),
+            backend_links: HashMap::new(),
+            senders: HashMap::new(),
+            watches: HashMap::new(),
+            presence_due_ms: 0,
+            tickets: Vec::new(),
             rng: seed | 1,
         };
         shard.accept_tokens = accept_tokens;
         shard
+    }
+
+    /// Numbers this shard (0..=255; session ids carry it, so a REPLY finds its session).
+    pub fn with_id(mut self, id: u8) -> Self {
+        self.id = id;
+        self
     }
 
     /// Takes one admission from the accept token bucket (refilled at `accept_rate` per second,
@@ -378,6 +473,11 @@ impl Shard {
         s.inbound_bytes = self.inbound_bytes as u64;
         s.tokens_verified = self.token_cache.verified;
         s
+    }
+
+    /// Deliveries queued so far (the driver bounds them per round).
+    pub fn deliveries(&self) -> u64 {
+        self.stats.deliveries
     }
 
     /// The settings.
@@ -434,6 +534,9 @@ impl Shard {
             Input::Closed(t) => self.on_closed(t),
             Input::Update(m) => self.on_update(m, now),
             Input::Resync => self.resync(now),
+            Input::Control(m) => self.on_control(m.clone()),
+            Input::ControlRefused(m) => self.on_control_refused(m.clone()),
+            Input::Published { origin, seq } => self.on_published(origin, seq),
         }
     }
 
@@ -468,10 +571,10 @@ impl Shard {
         } else {
             Some(self.housekeeping_ms)
         };
-        match (self.timers.next(), h) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.timers.next(), h, self.presence_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Time passed: runs every deadline due at `now` (handshake and heartbeat timeouts,
@@ -480,6 +583,9 @@ impl Shard {
         if now.ms >= self.housekeeping_ms {
             self.housekeeping_ms = now.ms + HOUSEKEEPING_MS;
             self.check_relay_epochs(now);
+        }
+        if self.presence_deadline().is_some_and(|d| now.ms >= d) {
+            self.presence_tick(now);
         }
         while let Some((deadline, slot, generation)) = self.timers.pop_due(now.ms) {
             self.on_deadline(slot, generation, deadline, now);

@@ -228,6 +228,51 @@ impl Outbox {
         taken
     }
 
+    /// As [`Outbox::take_batch`], also collecting the tickets (`seq` of control entries, topic 0)
+    /// of the frames taken: a backend's CLIENT_MESSAGEs, acknowledged once their send completes.
+    pub fn take_batch_tickets(
+        &mut self,
+        max_frames: usize,
+        out: &mut Vec<Bytes>,
+        tickets: &mut Vec<u64>,
+    ) -> usize {
+        let mut taken = 0;
+        while out.len() < max_frames {
+            let Some(e) = self.q.pop_front() else {
+                break;
+            };
+            self.urgent = self.urgent.saturating_sub(1);
+            taken += e.frame.len();
+            if e.topic == 0 && e.seq != 0 {
+                tickets.push(e.seq);
+            }
+            out.push(e.frame);
+        }
+        self.sub(taken);
+        taken
+    }
+
+    /// Drops every queued frame that carries a ticket; returns the bytes freed.
+    pub fn remove_tickets(&mut self) -> usize {
+        let mut freed = 0;
+        let mut urgent = self.urgent as usize;
+        let mut i = 0;
+        self.q.retain(|e| {
+            let ticket = e.topic == 0 && e.seq != 0;
+            if ticket {
+                freed += e.frame.len();
+                if i < self.urgent as usize {
+                    urgent -= 1;
+                }
+            }
+            i += 1;
+            !ticket
+        });
+        self.urgent = urgent as u32;
+        self.sub(freed);
+        freed
+    }
+
     /// True when the queue holds a buffer (empty or not).
     pub fn holds_memory(&self) -> bool {
         self.q.capacity() > 0

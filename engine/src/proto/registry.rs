@@ -22,6 +22,8 @@ pub struct UpdateMsg {
     pub flags: u8,
     /// The encoded UPDATE frame, shared by every subscriber.
     pub frame: Bytes,
+    /// The session id of a connection that must not receive it (POST with NO_ECHO); 0: none.
+    pub skip: u64,
 }
 
 /// What [`Registry::apply`] did with a relayed update.
@@ -123,6 +125,17 @@ struct Life {
     permanent: bool,
     /// Subscriptions over all shards.
     subscribers: u32,
+    /// Of which asked for presence (member counts and events).
+    watchers: u32,
+}
+
+/// A topic's presence over all shards.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Presence {
+    /// Subscriptions (the member count).
+    pub members: u32,
+    /// Subscriptions that asked for presence.
+    pub watchers: u32,
 }
 
 /// Names, free ids and lifecycles: everything that creates or frees a topic, under one lock.
@@ -320,25 +333,58 @@ impl Registry {
         Ok(self.get(id).expect("named topics exist"))
     }
 
-    /// One subscription to topic `id` ended. A placeholder whose last subscriber left is freed
-    /// (its id may be reused: nobody holds it any more).
-    pub fn release(&self, id: u32) {
+    /// One subscription to topic `id` ended (`watcher`: it had asked for presence). A
+    /// placeholder whose last subscriber left is freed (its id may be reused: nobody holds it
+    /// any more). Returns the topic's presence afterwards.
+    pub fn release(&self, id: u32, watcher: bool) -> Presence {
         let mut ix = self.lock_index();
         let Some(life) = ix.life.get_mut(id as usize) else {
-            return;
+            return Presence::default();
         };
         life.subscribers = life.subscribers.saturating_sub(1);
+        if watcher {
+            life.watchers = life.watchers.saturating_sub(1);
+        }
+        let left = Presence {
+            members: life.subscribers,
+            watchers: life.watchers,
+        };
         if life.subscribers > 0 || life.permanent {
-            return;
+            return left;
         }
         let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
         let Some(t) = topics.get_mut(id as usize - 1).and_then(|t| t.take()) else {
-            return;
+            return left;
         };
         ix.names.remove(&t.name);
         ix.life[id as usize] = Life::default();
         ix.free.push(id);
         ix.placeholders -= 1;
+        left
+    }
+
+    /// A subscription to topic `id` asked for presence.
+    pub fn add_watcher(&self, id: u32) -> Presence {
+        let mut ix = self.lock_index();
+        let Some(life) = ix.life.get_mut(id as usize) else {
+            return Presence::default();
+        };
+        life.watchers += 1;
+        Presence {
+            members: life.subscribers,
+            watchers: life.watchers,
+        }
+    }
+
+    /// Topic `id`'s presence over all shards.
+    pub fn presence(&self, id: u32) -> Presence {
+        self.lock_index()
+            .life
+            .get(id as usize)
+            .map_or(Presence::default(), |l| Presence {
+                members: l.subscribers,
+                watchers: l.watchers,
+            })
     }
 
     /// Subscriptions to topic `id` over all shards.
@@ -455,6 +501,7 @@ impl Registry {
             seq,
             flags,
             frame,
+            skip: 0,
         });
     }
 
@@ -813,11 +860,11 @@ mod tests {
         assert_eq!(r.get_or_create("q").unwrap_err(), TopicLimit(2));
         assert_eq!(r.all().len(), 2, "placeholders are not listed for relays");
         // The last subscriber leaving frees a placeholder (not a published topic).
-        r.release(b.id);
+        r.release(b.id, false);
         assert!(r.get(b.id).is_some());
-        r.release(a.id);
+        r.release(a.id, false);
         assert!(r.lookup("a").is_some());
-        r.release(a.id);
+        r.release(a.id, false);
         assert!(r.lookup("a").is_none() && r.get(a.id).is_none());
         // Its id is reused.
         assert_eq!(r.acquire("e").unwrap().id, a.id);

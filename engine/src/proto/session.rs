@@ -81,13 +81,44 @@ impl Shard {
             (Some(Phase::Active(_)), Frame::Hello(_)) => {
                 self.fail(slot, ErrorCode::UnexpectedFrame, "second HELLO", now)
             }
-            (Some(Phase::Active(Role::Relay)), Frame::Subscribe(_) | Frame::Publish(_)) => self
-                .fail(
-                    slot,
-                    ErrorCode::UnexpectedFrame,
-                    "a relay receives every topic and may not publish",
-                    now,
-                ),
+            (
+                Some(Phase::Active(Role::Relay)),
+                Frame::Subscribe(_)
+                | Frame::Publish(_)
+                | Frame::Post(_)
+                | Frame::Message(_)
+                | Frame::PresenceGet { .. },
+            ) => self.fail(
+                slot,
+                ErrorCode::UnexpectedFrame,
+                "a relay receives every topic and may not publish",
+                now,
+            ),
+            (
+                Some(Phase::Active(role)),
+                f @ (Frame::Message(_)
+                | Frame::Post(_)
+                | Frame::PresenceGet { .. }
+                | Frame::Reply { .. }),
+            ) => {
+                if self.conn(slot).is_some_and(|c| c.version < 3) {
+                    let msg = format!("{} needs protocol version 3", f.name());
+                    return self.fail(slot, ErrorCode::UnexpectedFrame, &msg, now);
+                }
+                match f {
+                    Frame::Message(m) => self.on_message(slot, role, m, now),
+                    Frame::Post(p) => self.on_post(slot, role, p, now),
+                    Frame::PresenceGet { request_id, topic } => {
+                        self.on_presence_get(slot, request_id, &topic)
+                    }
+                    Frame::Reply {
+                        session_id,
+                        request_id,
+                        payload,
+                    } => self.on_reply(slot, role, session_id, request_id, payload, now),
+                    _ => unreachable!("matched above"),
+                }
+            }
             (Some(Phase::Active(_)), Frame::Subscribe(s)) => self.on_subscribe(slot, s, now),
             (Some(Phase::Active(_)), Frame::Unsubscribe(u)) => self.on_unsubscribe(slot, u, now),
             (Some(Phase::Active(_)), Frame::Ping { nonce }) => {
@@ -116,6 +147,14 @@ impl Shard {
             );
         }
         let version = h.version.min(PROTOCOL_VERSION);
+        if h.role == Role::Backend && version < 3 {
+            return self.fail(
+                slot,
+                ErrorCode::UnsupportedVersion,
+                "the backend role needs protocol version 3",
+                now,
+            );
+        }
         let grant = match self.authenticate(h.role, &h.token, now) {
             Ok(g) => g,
             Err((code, why)) => {
@@ -132,7 +171,8 @@ impl Shard {
                 now,
             );
         }
-        let session_id = self.registry.next_session_id();
+        let tag = self.registry.next_session_id() as u32;
+        let session_id = super::messages::session_id(tag, self.id, slot);
         let welcome = Frame::Welcome(Welcome {
             version,
             session_id,
@@ -154,12 +194,16 @@ impl Shard {
         c.phase = Phase::Active(h.role);
         c.version = version as u8;
         c.grant = grant;
+        c.tag = tag;
         self.push_control(slot, welcome);
         if let Some(f) = auth_ok {
             self.push_control(slot, f);
         }
         if h.role == Role::Relay {
             self.start_relay(slot, now);
+        }
+        if h.role == Role::Backend {
+            self.start_backend(slot);
         }
         self.schedule(slot, now);
     }
@@ -177,6 +221,7 @@ impl Shard {
         let key = match role {
             Role::Publisher => self.cfg.publisher_key.as_deref(),
             Role::Relay => self.cfg.relay_key.as_deref(),
+            Role::Backend => self.cfg.backend_key.as_deref(),
             Role::Subscriber => None,
         };
         if key.is_some_and(|k| constant_time_eq(k.as_bytes(), token.as_bytes())) {
@@ -196,6 +241,9 @@ impl Shard {
                 Role::Publisher if self.cfg.publisher_key.is_none() => {
                     refuse("this server accepts no publishers (no publisher key set)")
                 }
+                Role::Backend if self.cfg.backend_key.is_none() => {
+                    refuse("this server accepts no backends (no --backend-key set)")
+                }
                 _ => refuse("a key or token is required for this role"),
             };
         }
@@ -209,6 +257,10 @@ impl Shard {
                 }
                 Role::Publisher => refuse("wrong publisher key"),
                 Role::Relay => refuse("wrong relay key"),
+                Role::Backend if self.cfg.backend_key.is_none() => {
+                    refuse("this server accepts no backends (no --backend-key set)")
+                }
+                Role::Backend => refuse("wrong backend key"),
             };
         };
         let grant = self
@@ -314,7 +366,7 @@ impl Shard {
     }
 
     fn on_publish(&mut self, slot: u32, role: Role, p: yorker_wire::Publish, now: Now) {
-        if role != Role::Publisher {
+        if !matches!(role, Role::Publisher | Role::Backend) {
             return self.fail(
                 slot,
                 ErrorCode::NotPublisher,
@@ -327,7 +379,7 @@ impl Shard {
             return self.fail(slot, ErrorCode::InvalidTopic, &msg, now);
         }
         let grant = self.conn(slot).and_then(|c| c.grant.as_deref());
-        if !Policy::may_publish(grant, &p.topic) {
+        if role == Role::Publisher && !Policy::may_publish(grant, &p.topic) {
             let msg = format!("the token does not allow publishing to {}", p.topic);
             return self.fail(slot, ErrorCode::NotPublisher, &msg, now);
         }
@@ -353,6 +405,8 @@ impl Shard {
             topic: t,
             flags: p.flags,
             payload: p.payload,
+            ack: None,
+            skip: 0,
         }));
     }
 }

@@ -65,6 +65,19 @@ struct Client {
     closed_by_server: bool,
     gaps: u64,
     resets: u64,
+    role: Role,
+    /// WELCOME's session id.
+    session: u64,
+    /// MESSAGE / POST request ids sent, and the POST's topic name (None: a MESSAGE).
+    sent: HashMap<u32, Option<String>>,
+    /// ACKs received: request id -> (code, seq). Exactly one per request.
+    acks: HashMap<u32, (u16, u64)>,
+    /// Updates of its own NO_ECHO POSTs: (topic id, seq).
+    own: std::collections::HashSet<(u32, u64)>,
+    /// Backend: CLIENT_MESSAGEs received, (session, request id).
+    received: Vec<(u64, u32)>,
+    /// RESPONSEs received (request ids).
+    responses: Vec<u32>,
 }
 
 /// What the fake kernel knows of one slot.
@@ -122,6 +135,8 @@ struct World {
     clients: Vec<Client>,
     bus: Vec<UpdateMsg>,
     bus_history: Vec<UpdateMsg>,
+    /// Control messages on their way: (shard, message).
+    controls: Vec<(usize, Control)>,
     now: Now,
     tick: u64,
     next_req: u32,
@@ -133,19 +148,26 @@ const SLOTS: usize = 24;
 
 impl World {
     fn new(seed: u64, policy: SlowPolicy) -> World {
+        Self::with_config(seed, policy, |_| {})
+    }
+
+    fn with_config(seed: u64, policy: SlowPolicy, tweak: impl FnOnce(&mut CoreConfig)) -> World {
         let registry = Arc::new(Registry::new(99, 16, 100));
-        let cfg = Arc::new(CoreConfig {
+        let mut cfg = CoreConfig {
             max_connections: SLOTS - 4,
             outbox_limit: 2_000,
             slow_policy: policy,
             publisher_key: Some("k".into()),
+            backend_key: Some("k".into()),
             max_frames_per_send: 4,
             heartbeat_ms: 1_000_000,
             write_timeout_ms: 400,
             ..CoreConfig::default()
-        });
+        };
+        tweak(&mut cfg);
+        let cfg = Arc::new(cfg);
         let shards = (0..2)
-            .map(|i| Shard::new(cfg.clone(), registry.clone(), i + 1))
+            .map(|i| Shard::new(cfg.clone(), registry.clone(), i + 1).with_id(i as u8))
             .collect();
         let kernels = (0..2)
             .map(|_| Kernel {
@@ -162,6 +184,7 @@ impl World {
             clients: Vec::new(),
             bus: Vec::new(),
             bus_history: Vec::new(),
+            controls: Vec::new(),
             now: Now { ms: 1, unix_us: 1 },
             tick: 0,
             next_req: 1,
@@ -172,6 +195,10 @@ impl World {
     /// A new client; its HELLO is queued and it is accepted by the kernel at once if a slot is
     /// free (otherwise it waits, like a backlog).
     fn connect(&mut self, role: Role, speed: usize) -> usize {
+        self.connect_version(role, speed, 1)
+    }
+
+    fn connect_version(&mut self, role: Role, speed: usize, version: u16) -> usize {
         let shard = self.clients.len() % 2;
         self.clients.push(Client {
             shard,
@@ -187,12 +214,19 @@ impl World {
             closed_by_server: false,
             gaps: 0,
             resets: 0,
+            role,
+            session: 0,
+            sent: HashMap::new(),
+            acks: HashMap::new(),
+            own: Default::default(),
+            received: Vec::new(),
+            responses: Vec::new(),
         });
         let i = self.clients.len() - 1;
         self.send(
             i,
             &Frame::Hello(Hello {
-                version: 1,
+                version,
                 role,
                 client_name: "sim".into(),
                 token: "k".into(),
@@ -249,6 +283,7 @@ impl World {
                     topic: name,
                     resume,
                     conflate,
+                    presence: false,
                 }],
             }),
         );
@@ -260,6 +295,37 @@ impl World {
         let len = 1 + self.rng.below(60) as usize;
         let flags = if urgent { update_flags::URGENT } else { 0 };
         self.publish_to(publisher, topic, flags, Bytes::from(vec![7u8; len]));
+    }
+
+    /// Client `i` sends one MESSAGE.
+    fn message(&mut self, i: usize, key: &str) {
+        let req = self.next_req;
+        self.next_req += 1;
+        self.clients[i].sent.insert(req, None);
+        self.send(
+            i,
+            &Frame::Message(Message {
+                request_id: req,
+                routing_key: key.into(),
+                payload: Bytes::from_static(b"bet"),
+            }),
+        );
+    }
+
+    /// Client `i` sends one POST.
+    fn post(&mut self, i: usize, topic: &str, flags: u8) {
+        let req = self.next_req;
+        self.next_req += 1;
+        self.clients[i].sent.insert(req, Some(topic.into()));
+        self.send(
+            i,
+            &Frame::Post(Post {
+                request_id: req,
+                flags,
+                topic: topic.into(),
+                payload: Bytes::from_static(b"chat"),
+            }),
+        );
     }
 
     /// Client `publisher` sends one PUBLISH.
@@ -389,11 +455,29 @@ impl World {
             }
             Output::Publish(p) => {
                 let bus = &mut self.bus;
-                self.registry
-                    .publish(&p.topic, p.flags, &p.payload, self.now.unix_us, &mut |m| {
+                let skip = p.skip;
+                let seq = self.registry.publish(
+                    &p.topic,
+                    p.flags,
+                    &p.payload,
+                    self.now.unix_us,
+                    &mut |mut m| {
+                        m.skip = skip;
                         bus.push(m)
-                    });
+                    },
+                );
+                if let Some(origin) = p.ack {
+                    self.shards[sh].handle(Input::Published { origin, seq }, self.now);
+                }
             }
+            Output::Control(dest, msg) => match dest {
+                Dest::Shard(i) => self.controls.push((i as usize, msg)),
+                Dest::All => {
+                    for i in 0..self.shards.len() {
+                        self.controls.push((i, msg.clone()));
+                    }
+                }
+            },
         }
     }
 
@@ -402,7 +486,10 @@ impl World {
         self.tick += 1;
         self.now.ms += 10;
         self.now.unix_us += 10_000;
-        // Bus -> every shard.
+        // Control messages, then updates: bus -> every shard.
+        for (sh, m) in std::mem::take(&mut self.controls) {
+            self.shards[sh].handle(Input::Control(&m), self.now);
+        }
         let msgs = std::mem::take(&mut self.bus);
         for m in &msgs {
             for sh in 0..2 {
@@ -556,10 +643,19 @@ impl World {
                     }
                 }
                 Frame::Update(u) => {
+                    assert!(
+                        !c.own.contains(&(u.topic_id, u.seq))
+                            || u.flags & update_flags::SNAPSHOT != 0,
+                        "a NO_ECHO update reached its poster live"
+                    );
                     let v = c.topics.get_mut(&u.topic_id).expect("UPDATE after SUBACK");
                     let reset = u.flags & update_flags::RESET != 0;
                     if reset {
                         c.resets += 1;
+                    }
+                    // The poster's own NO_ECHO updates are not gaps: its ACKs named them.
+                    while c.own.contains(&(u.topic_id, v.last_seq + 1)) && v.last_seq + 1 < u.seq {
+                        v.last_seq += 1;
                     }
                     if !reset {
                         assert!(
@@ -588,7 +684,34 @@ impl World {
                 Frame::GoAway(g) => {
                     assert_eq!(g.code, ErrorCode::ServerFull as u16, "{g:?}");
                 }
-                Frame::Welcome(_) | Frame::Pong { .. } | Frame::Heartbeat => {}
+                Frame::Welcome(w) => c.session = w.session_id,
+                Frame::Ack {
+                    request_id,
+                    code,
+                    seq,
+                } => {
+                    let what = c.sent.get(&request_id).expect("ACK of a request sent");
+                    assert!(
+                        c.acks.insert(request_id, (code, seq)).is_none(),
+                        "two ACKs for request {request_id}"
+                    );
+                    if let (Some(name), 0) = (what, code) {
+                        let id = c.names[name.as_str()];
+                        c.own.insert((id, seq));
+                    }
+                }
+                Frame::ClientMessage(m) => {
+                    assert_eq!(c.role, Role::Backend);
+                    c.received.push((m.session_id, m.request_id));
+                    let reply = Frame::Reply {
+                        session_id: m.session_id,
+                        request_id: m.request_id,
+                        payload: m.payload,
+                    };
+                    c.outgoing.extend_from_slice(&reply.to_bytes().unwrap());
+                }
+                Frame::Response { request_id, .. } => c.responses.push(request_id),
+                Frame::Pong { .. } | Frame::Heartbeat => {}
                 other => panic!("unexpected {other:?}"),
             }
         }
@@ -720,6 +843,105 @@ fn simulation_invariants_disconnect_policy() {
     for seed in 100..=106 {
         let (gaps, _) = run(seed, SlowPolicy::Disconnect);
         assert_eq!(gaps, 0, "the disconnect policy never conflates");
+    }
+}
+
+/// Client messages and room posts interleaved with fan-out and churn, over two shards: every
+/// MESSAGE gets exactly one ACK; an ACK ok means a backend received it; backends' REPLYs reach
+/// their senders; a NO_ECHO post never reaches its poster live and is not taken for a gap.
+#[test]
+fn client_messages_and_posts_interleaved_with_fanout() {
+    for seed in 1..=6 {
+        let mut w = World::with_config(seed, SlowPolicy::Conflate, |c| {
+            c.anonymous_messages = true;
+            c.message_rate = 1_000;
+            c.max_inflight_messages = 8;
+        });
+        let publisher = w.connect(Role::Publisher, 1 << 20);
+        let poster = w.connect_version(Role::Publisher, 1 << 20, 3);
+        let backends = [
+            w.connect_version(Role::Backend, 1 << 20, 3),
+            w.connect_version(Role::Backend, 1 << 20, 3),
+        ];
+        let mut clients = Vec::new();
+        for k in 0..8 {
+            let i = w.connect_version(Role::Subscriber, if k % 3 == 0 { 40 } else { 4096 }, 3);
+            w.subscribe_to(i, "m/1".into(), None, true);
+            w.subscribe_to(i, "room".into(), None, false);
+            clients.push(i);
+        }
+        w.subscribe_to(poster, "room".into(), None, false);
+        for _ in 0..5 {
+            w.step();
+        }
+        for step in 0..300 {
+            for _ in 0..w.rng.below(3) {
+                w.publish(publisher);
+            }
+            for &i in &clients {
+                if w.rng.below(3) == 0 {
+                    let key = format!("u{}", w.rng.below(5));
+                    w.message(i, &key);
+                }
+            }
+            if w.rng.below(4) == 0 {
+                w.post(poster, "room", update_flags::NO_ECHO);
+            }
+            if step == 150 {
+                w.hang_up(backends[0]);
+            }
+            w.step();
+        }
+        for c in &mut w.clients {
+            c.speed = 1 << 20;
+        }
+        for _ in 0..200 {
+            w.step();
+        }
+        let received: std::collections::HashSet<(u64, u32)> = backends
+            .iter()
+            .flat_map(|&b| w.clients[b].received.clone())
+            .collect();
+        let (mut ok, mut gone) = (0, 0);
+        for &i in clients.iter().chain([&poster]) {
+            let c = &w.clients[i];
+            assert!(!c.gone, "client {i} was closed");
+            for (req, what) in &c.sent {
+                let (code, _) = *c
+                    .acks
+                    .get(req)
+                    .unwrap_or_else(|| panic!("request {req} never acknowledged"));
+                if what.is_some() {
+                    assert_eq!(code, 0, "POST refused");
+                    continue;
+                }
+                match code {
+                    0 => {
+                        ok += 1;
+                        assert!(
+                            received.contains(&(c.session, *req)),
+                            "ACK ok for a message no backend got"
+                        );
+                    }
+                    c if c == ErrorCode::BackendGone as u16 => gone += 1,
+                    c if c == ErrorCode::RateLimited as u16 => {}
+                    other => panic!("unexpected ACK code {other}"),
+                }
+            }
+            // Every message the live backend got was answered.
+            let to_live = w.clients[backends[1]]
+                .received
+                .iter()
+                .filter(|(s, _)| *s == c.session)
+                .count();
+            assert!(c.responses.len() >= to_live, "a REPLY was lost");
+        }
+        assert!(ok > 100, "seed {seed}: only {ok} messages acknowledged");
+        if std::env::var("SIM_DEBUG").is_ok() {
+            eprintln!("seed {seed}: ok {ok} backend_gone {gone}");
+        }
+        // No posted update was echoed, and the room kept its order for everyone else.
+        assert!(!w.clients[poster].own.is_empty());
     }
 }
 
@@ -925,7 +1147,8 @@ mod fuzz {
                 entries: vec![SubscribeEntry {
                     topic: t,
                     resume: Some(ResumeFrom { epoch: 99, seq: 3 }),
-                    conflate: true
+                    conflate: true,
+                    presence: true,
                 }],
             })),
             "[a-z/ ]{0,12}".prop_map(|t| Frame::Publish(Publish {
@@ -967,6 +1190,7 @@ mod fuzz {
                 topic: t,
                 resume: r.then_some(ResumeFrom { epoch: 99, seq: 1 }),
                 conflate: true,
+                presence: r,
             });
         let frame = prop_oneof![
             Just(Frame::Hello(Hello {
@@ -992,6 +1216,32 @@ mod fuzz {
                 topic: t,
                 payload: Bytes::from_static(b"p")
             })),
+            Just(Frame::Hello(Hello {
+                version: 3,
+                role: Role::Subscriber,
+                client_name: "a".into(),
+                token: String::new()
+            })),
+            ("[a-z/]{1,8}", any::<u8>()).prop_map(|(t, flags)| Frame::Post(Post {
+                request_id: 5,
+                flags,
+                topic: t,
+                payload: Bytes::from_static(b"p")
+            })),
+            "[a-z]{0,8}".prop_map(|k| Frame::Message(Message {
+                request_id: 6,
+                routing_key: k,
+                payload: Bytes::from_static(b"m")
+            })),
+            "[a-z/]{1,8}".prop_map(|t| Frame::PresenceGet {
+                request_id: 7,
+                topic: t
+            }),
+            any::<u64>().prop_map(|sid| Frame::Reply {
+                session_id: sid,
+                request_id: 8,
+                payload: Bytes::from_static(b"r")
+            }),
             Just(Frame::Hello(Hello {
                 version: 1,
                 role: Role::Relay,
@@ -1027,6 +1277,12 @@ mod fuzz {
                     let reg = s.registry().clone();
                     prop_assert!(reg.len() <= (i + 1) * max, "{} topics", reg.len());
                     prop_assert_eq!(reg.all().len(), 0, "a permanent topic appeared");
+                    while let Some(o) = s.poll_output() {
+                        prop_assert!(
+                            !matches!(o, Output::Publish(_) | Output::Control(_, Control::ToBackend { .. } | Control::Reply { .. })),
+                            "an anonymous client published or reached a backend: {:?}", o
+                        );
+                    }
                 }
             }
             for t in tokens {

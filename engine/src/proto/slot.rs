@@ -71,6 +71,8 @@ pub(crate) struct Conn {
     pub(crate) in_ready: bool,
     /// Negotiated protocol version.
     pub(crate) version: u8,
+    /// Unique per session within the epoch: the high half of its session id.
+    pub(crate) tag: u32,
     // Milliseconds since the server started, as u32 (49 days; timeouts compare differences
     // with wrapping arithmetic).
     pub(crate) opened_ms: u32,
@@ -96,6 +98,7 @@ impl Conn {
             sending: false,
             in_ready: false,
             version: 0,
+            tag: 0,
             opened_ms: t,
             last_rx_ms: t,
             last_tx_ms: t,
@@ -325,6 +328,12 @@ impl Shard {
             State::Live(c) => {
                 c.sending = false;
                 c.last_tx_ms = now.ms as u32;
+                if !self.backend_links.is_empty() {
+                    self.backend_send_done(slot);
+                }
+                let Some(c) = self.conn_mut(slot) else {
+                    return;
+                };
                 if !c.outbox.is_empty() {
                     self.mark_ready(slot);
                 } else {
@@ -360,12 +369,23 @@ impl Shard {
         frames: &mut Vec<Bytes>,
     ) -> Option<Token> {
         let max = self.cfg.max_frames_per_send;
+        let backend = self.backend_links.contains_key(&slot);
         let c = self.conn_mut(slot)?;
         c.in_ready = false;
         if c.sending || c.outbox.is_empty() {
             return None;
         }
-        let n = c.outbox.take_batch(max, frames);
+        let n = if backend {
+            let mut tickets = std::mem::take(&mut self.tickets);
+            let c = self.conn_mut(slot)?;
+            let n = c.outbox.take_batch_tickets(max, frames, &mut tickets);
+            self.backend_send_started(slot, &mut tickets);
+            self.tickets = tickets;
+            n
+        } else {
+            c.outbox.take_batch(max, frames)
+        };
+        let c = self.conn_mut(slot)?;
         c.sending = true;
         c.send_started_ms = now.ms as u32;
         c.last_tx_ms = now.ms as u32;
@@ -390,7 +410,20 @@ impl Shard {
         }
     }
 
-    /// Queues a small control frame (WELCOME, SUBACK, PONG, HEARTBEAT) in the urgent lane.
+    /// As [`Shard::mark_ready`], but the connection goes to the front of the ready list: it
+    /// is answering something the client just sent (PONG, SUBACK, ACK), and an answer must
+    /// not wait behind a fan-out to every other connection of the core.
+    pub(crate) fn mark_ready_first(&mut self, slot: u32) {
+        if let Some(c) = self.conn_mut(slot) {
+            if !c.sending && !c.in_ready && !c.outbox.is_empty() {
+                c.in_ready = true;
+                self.ready.push_front(slot);
+            }
+        }
+    }
+
+    /// Queues a small control frame (WELCOME, SUBACK, PONG, HEARTBEAT, ACK) in the urgent lane,
+    /// and puts the connection first in line to send.
     pub(crate) fn push_control(&mut self, slot: u32, f: Bytes) {
         let limit = self.cfg.outbox_limit;
         let Some(c) = self.conn_mut(slot) else {
@@ -403,18 +436,23 @@ impl Shard {
             return;
         }
         self.total_outbox += len;
-        self.mark_ready(slot);
+        self.mark_ready_first(slot);
     }
 
     /// Ends the session: subscriptions, partial frame, queue and relay link go; the slot waits
     /// for its receive and send to end, then closes. Whatever was queued is dropped.
     pub(crate) fn abort(&mut self, slot: u32) {
-        let Some(s) = self.slots.get_mut(slot as usize) else {
-            return;
-        };
-        if !matches!(s.state, State::Live(_)) {
+        if !matches!(
+            self.slots.get(slot as usize).map(|s| &s.state),
+            Some(State::Live(_))
+        ) {
             return; // already ending
         }
+        // While the session is still there (its id and user name its MEMBER events).
+        self.drop_subscriptions(slot);
+        self.end_backend(slot);
+        self.forget_sender(slot);
+        let s = &mut self.slots[slot as usize];
         let State::Live(c) = std::mem::take(&mut s.state) else {
             unreachable!("checked above");
         };
@@ -428,7 +466,6 @@ impl Shard {
             self.inbound_bytes -= p.capacity();
         }
         drop(c);
-        self.drop_subscriptions(slot);
         self.drop_relay_link(slot);
         let t = self.token(slot);
         if recv_armed {
@@ -479,6 +516,10 @@ impl Shard {
         })
         .to_bytes()
         .expect("short error encodes");
+        self.retire_backend(slot);
+        let Some(c) = self.conn_mut(slot) else {
+            return;
+        };
         // What was queued no longer matters: the connection is ending.
         let cleared = c.outbox.clear();
         c.outbox.push_final(f.clone());
@@ -506,6 +547,10 @@ impl Shard {
         if matches!(c.phase, Phase::Draining { .. }) {
             return;
         }
+        self.retire_backend(slot);
+        let Some(c) = self.conn_mut(slot) else {
+            return;
+        };
         let cleared = c.outbox.clear();
         c.outbox.push_final(f.clone());
         c.phase = Phase::Draining {
@@ -536,6 +581,10 @@ impl Shard {
         if !matches!(c.phase, Phase::Active(_)) {
             return; // already ending
         }
+        self.retire_backend(slot);
+        let Some(c) = self.conn_mut(slot) else {
+            return;
+        };
         c.outbox.push_last(f.clone());
         c.phase = Phase::Draining {
             deadline_ms: now.ms + drain,

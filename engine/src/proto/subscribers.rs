@@ -13,6 +13,8 @@ pub struct Sub {
     pub last_seq: u64,
     /// Conflation on for this subscription.
     pub conflate: bool,
+    /// Presence asked for (member counts and events).
+    pub presence: bool,
 }
 
 /// The index. Slots are connection ids (direct-descriptor indices).
@@ -98,6 +100,7 @@ impl SubIndex {
             pos,
             last_seq,
             conflate,
+            presence: false,
         });
         self.total += 1;
         true

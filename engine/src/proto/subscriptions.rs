@@ -26,6 +26,7 @@ impl Shard {
             .saturating_sub(self.outbox_bytes(slot) + suback_len);
         let mut acks = Vec::with_capacity(s.entries.len());
         let mut frames: Vec<(u32, Bytes)> = Vec::new();
+        let (mut watched, mut joined) = (Vec::new(), Vec::new());
         for e in s.entries {
             let ack = |result, topic_id, seq| SubAckEntry {
                 result,
@@ -62,6 +63,13 @@ impl Shard {
             self.index.add(slot, t.id, e.conflate, start.seq);
             acks.push(ack(start.result, t.id, start.seq));
             frames.extend(start.frames.into_iter().map(|f| (t.id, f)));
+            if e.presence && self.conn(slot).is_some_and(|c| c.version >= 3) {
+                if let Some(sub) = self.index.get_mut(slot, t.id) {
+                    sub.presence = true;
+                }
+                watched.push(t.id);
+            }
+            joined.push(t.id);
         }
         let suback = Frame::SubAck(SubAck {
             request_id: s.request_id,
@@ -97,6 +105,14 @@ impl Shard {
             }
             self.total_outbox += len;
             self.stats.deliveries += 1;
+        }
+        // Presence after the topic's first frames: the count, then events for small topics.
+        for id in watched {
+            self.watch_presence(slot, id);
+        }
+        for id in joined {
+            let p = self.registry.presence(id);
+            self.member_joined(slot, id, p);
         }
         self.mark_ready(slot);
     }
@@ -143,10 +159,12 @@ impl Shard {
     /// Ends one subscription of `slot`: out of the index, its topic released, and nothing of it
     /// left in the queue. False when there was none.
     pub(crate) fn end_subscription(&mut self, slot: u32, id: u32) -> bool {
+        let watcher = self.index.get_mut(slot, id).is_some_and(|s| s.presence);
         if !self.index.remove(slot, id) {
             return false;
         }
-        self.registry.release(id);
+        let p = self.registry.release(id, watcher);
+        self.member_left(slot, id, watcher, p);
         if let Some(c) = self.conn_mut(slot) {
             let freed = c.outbox.remove_topic(id);
             self.total_outbox -= freed;
@@ -158,7 +176,8 @@ impl Shard {
     /// topic goes with its last subscriber).
     pub(crate) fn drop_subscriptions(&mut self, slot: u32) {
         for s in self.index.remove_conn(slot) {
-            self.registry.release(s.topic);
+            let p = self.registry.release(s.topic, s.presence);
+            self.member_left(slot, s.topic, s.presence, p);
         }
     }
 }

@@ -224,6 +224,7 @@ impl Client {
             topic: topic.into(),
             resume: None,
             conflate,
+            presence: false,
         }])
         .entries[0]
     }
