@@ -10,11 +10,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use crate::fleet::{unix_us, Fleet, FleetConfig, PayloadKind, TopicChoice};
-use crate::probe::{self, Probe, ProbeConfig};
+use crate::probe::{ProbeArgs, ProbeChild};
 use crate::proto::Proto;
 use crate::publisher::{bench_payload, Publisher};
 use crate::report::{
-    completion_and_spread, cpu_seconds, loss, percentiles, process_cpu_seconds, row,
+    completion_and_spread, cpu_seconds, json_row, loss, percentiles, process_cpu_seconds, row,
 };
 
 /// Burst or rate.
@@ -95,6 +95,11 @@ pub struct BenchArgs {
     /// MESSAGE -> backend -> RESPONSE and MESSAGE -> ACK, idle and during the bench.
     #[arg(long, env = "YORKER_BACKEND_KEY")]
     pub probe_backend_key: Option<String>,
+    /// Run the probe at this SCHED_FIFO priority (`chrt -f`, needs root; 0: normal), so that
+    /// when the client cores are saturated the probe's own wake-up delay is not counted as
+    /// the server's.
+    #[arg(long, default_value_t = 0)]
+    pub probe_rt_priority: u8,
 }
 
 fn bar(len: u64, msg: &str, quiet: bool) -> ProgressBar {
@@ -168,14 +173,17 @@ pub fn run(a: &BenchArgs) -> Result<i32, String> {
     let connect_s = t0.elapsed().as_secs_f64();
 
     let probe = if a.probe_ms > 0 {
-        let p = Probe::start(ProbeConfig {
-            addr: a.addrs[0],
-            proto: a.proto,
-            interval: Duration::from_millis(a.probe_ms),
-            backend_key: a.probe_backend_key.clone(),
-        })?;
+        let mut p = ProbeChild::start(
+            &ProbeArgs {
+                addr: a.addrs[0],
+                proto: a.proto,
+                interval_ms: a.probe_ms,
+                backend_key: a.probe_backend_key.clone(),
+            },
+            a.probe_rt_priority,
+        )?;
         std::thread::sleep(Duration::from_secs(a.probe_idle_s));
-        p.set_phase(probe::BUSY);
+        p.busy()?;
         Some(p)
     } else {
         None
@@ -305,16 +313,11 @@ pub fn run(a: &BenchArgs) -> Result<i32, String> {
             "server_cpu_us_per_delivery": scpu.map(|c| if l.delivered > 0 { c * 1e6 / l.delivered as f64 } else { 0.0 }),
             "client_cpu_us_per_delivery": if l.delivered > 0 { cpu * 1e6 / l.delivered as f64 } else { 0.0 },
             "elapsed_s": elapsed,
-            "probe": probed.as_ref().map(|p| json!({
-                "interval_ms": a.probe_ms,
-                "ping_idle": percentiles(&p.ping[probe::IDLE]),
-                "ping_busy": percentiles(&p.ping[probe::BUSY]),
-                "message_idle": percentiles(&p.message[probe::IDLE]),
-                "message_busy": percentiles(&p.message[probe::BUSY]),
-                "ack_idle": percentiles(&p.ack[probe::IDLE]),
-                "ack_busy": percentiles(&p.ack[probe::BUSY]),
-                "lost": p.lost,
-            })),
+            "probe": probed.as_ref().map(|p| {
+                let mut p = p.clone();
+                p["interval_ms"] = json!(a.probe_ms);
+                p
+            }),
             "ok": !bad,
         });
         println!("{v}");
@@ -344,16 +347,23 @@ pub fn run(a: &BenchArgs) -> Result<i32, String> {
             if bad { "  ** LOSS **" } else { "" }
         );
         if let Some(p) = &probed {
-            println!("{}", row("PING idle", &p.ping[probe::IDLE]));
-            println!("{}", row("PING during bench", &p.ping[probe::BUSY]));
+            let mut rows = vec![
+                ("PING idle", "ping_idle"),
+                ("PING during bench", "ping_busy"),
+            ];
             if a.probe_backend_key.is_some() {
-                println!("{}", row("MESSAGE->reply idle", &p.message[probe::IDLE]));
-                println!("{}", row("MESSAGE->reply bench", &p.message[probe::BUSY]));
-                println!("{}", row("MESSAGE->ACK idle", &p.ack[probe::IDLE]));
-                println!("{}", row("MESSAGE->ACK bench", &p.ack[probe::BUSY]));
+                rows.extend([
+                    ("MESSAGE->reply idle", "message_idle"),
+                    ("MESSAGE->reply bench", "message_busy"),
+                    ("MESSAGE->ACK idle", "ack_idle"),
+                    ("MESSAGE->ACK bench", "ack_busy"),
+                ]);
             }
-            if p.lost > 0 {
-                println!("probe: {} requests unanswered or refused", p.lost);
+            for (name, key) in rows {
+                println!("{}", json_row(name, &p[key]));
+            }
+            if p["lost"].as_u64().unwrap_or(0) > 0 {
+                println!("probe: {} requests unanswered or refused", p["lost"]);
             }
         }
         if let Some(c) = scpu {

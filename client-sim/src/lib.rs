@@ -23,5 +23,6 @@ pub mod proto;
 pub mod publisher;
 pub mod report;
 pub mod scorecard;
+pub mod swarm;
 pub mod token;
 pub mod watch;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use yorker::config::ServeArgs;
-use yorker_sim::{attack, bench, cmd, demo, token, watch};
+use yorker_sim::{attack, bench, cmd, demo, probe, swarm, token, watch};
 
 /// yorker-sim: simulated game clients, a simulated match feed, benchmarks and the demo.
 #[derive(Debug, Parser)]
@@ -29,8 +29,15 @@ enum Command {
     /// Hostile or heavy clients against a running engine, with a canary measured before and
     /// during (relay HELLO storms, subscribe floods, dripping frames, HELLOs per second ...).
     Attack(attack::AttackArgs),
+    /// Thousands of small rooms whose members POST to each other: losses and latency.
+    Rooms(swarm::RoomsArgs),
+    /// Clients sending MESSAGEs to backend stubs while a publisher broadcasts to all.
+    Bets(swarm::BetsArgs),
     /// Mint a signed token (JWT) for a server started with --jwt-key.
     Token(token::TokenArgs),
+    /// A PING (and MESSAGE) latency probe controlled over stdin (`busy`, `stop`); started by
+    /// `bench --probe-ms`.
+    Probe(probe::ProbeArgs),
     /// Run the engine itself (same as `yorker serve`); the demo starts it this way.
     #[command(hide = true)]
     Serve(Box<ServeArgs>),
@@ -45,6 +52,9 @@ fn main() -> ExitCode {
         Command::Demo(a) => demo::run(&a),
         Command::Attack(a) => attack::run(&a),
         Command::Token(a) => token::run(&a),
+        Command::Probe(a) => probe::run(&a),
+        Command::Rooms(a) => swarm::rooms(&a),
+        Command::Bets(a) => swarm::bets(&a),
         Command::Serve(a) => return yorker::cli::serve(*a),
     };
     match result {

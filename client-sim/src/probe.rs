@@ -20,6 +20,7 @@ use hdrhistogram::Histogram;
 use yorker_wire::{Decoder, Frame, Hello, Message, Role, Welcome, MAX_MAX_FRAME};
 
 use crate::proto::Proto;
+use crate::report::percentiles;
 
 /// Phases a sample is filed under.
 pub const IDLE: usize = 0;
@@ -388,5 +389,137 @@ impl YorkerConn {
             }
         }
         Ok(answered)
+    }
+}
+
+/// Flags of `yorker-sim probe` (normally started by `yorker-sim bench --probe-ms`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProbeArgs {
+    /// The server.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub addr: SocketAddr,
+    /// Its protocol.
+    #[arg(long, value_enum, default_value_t = Proto::Yorker)]
+    pub proto: Proto,
+    /// Time between two probes, ms.
+    #[arg(long, default_value_t = 2)]
+    pub interval_ms: u64,
+    /// yorker: also probe MESSAGE -> backend stub -> RESPONSE (the stub connects with this key).
+    #[arg(long)]
+    pub backend_key: Option<String>,
+}
+
+/// `yorker-sim probe`: probes until stdin says `stop` (or closes); `busy` on stdin switches
+/// the phase samples are filed under. Prints `ready` once connected, then one JSON object.
+pub fn run(a: &ProbeArgs) -> Result<i32, String> {
+    let p = Probe::start(ProbeConfig {
+        addr: a.addr,
+        proto: a.proto,
+        interval: Duration::from_millis(a.interval_ms.max(1)),
+        backend_key: a.backend_key.clone(),
+    })?;
+    println!("ready");
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        match line.trim() {
+            "busy" => p.set_phase(BUSY),
+            "idle" => p.set_phase(IDLE),
+            _ if n == 0 => break,
+            "stop" => break,
+            other => return Err(format!("probe: unknown command {other:?}")),
+        }
+    }
+    let r = p.stop()?;
+    println!("{}", r.to_json());
+    Ok(0)
+}
+
+impl ProbeReport {
+    /// Percentiles of every series, and the losses.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "ping_idle": percentiles(&self.ping[IDLE]),
+            "ping_busy": percentiles(&self.ping[BUSY]),
+            "message_idle": percentiles(&self.message[IDLE]),
+            "message_busy": percentiles(&self.message[BUSY]),
+            "ack_idle": percentiles(&self.ack[IDLE]),
+            "ack_busy": percentiles(&self.ack[BUSY]),
+            "lost": self.lost,
+        })
+    }
+}
+
+/// `yorker-sim probe` as a child process, optionally at a real-time priority (`chrt -f`), so
+/// that on a machine whose cores are all busy the probe's own scheduling delay does not count
+/// as the server's.
+#[derive(Debug)]
+pub struct ProbeChild {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl ProbeChild {
+    /// Starts the probe and waits until it is connected.
+    pub fn start(a: &ProbeArgs, rt_priority: u8) -> Result<ProbeChild, String> {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut cmd = if rt_priority > 0 {
+            let mut c = std::process::Command::new("chrt");
+            c.args(["-f", &rt_priority.to_string()]).arg(&exe);
+            c
+        } else {
+            std::process::Command::new(&exe)
+        };
+        cmd.arg("probe")
+            .args(["--addr", &a.addr.to_string()])
+            .args(["--proto", &format!("{:?}", a.proto).to_lowercase()])
+            .args(["--interval-ms", &a.interval_ms.to_string()]);
+        if let Some(k) = &a.backend_key {
+            cmd.args(["--backend-key", k]);
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start the probe ({}): {e}", exe.display()))?;
+        let stdin = child.stdin.take().expect("piped");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).map_err(|e| e.to_string())?;
+        if line.trim() != "ready" {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("the probe did not start (said {:?})", line.trim()));
+        }
+        Ok(ProbeChild {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    /// Files the next samples under the busy phase.
+    pub fn busy(&mut self) -> Result<(), String> {
+        writeln!(self.stdin, "busy").map_err(|e| e.to_string())
+    }
+
+    /// Stops the probe; its report.
+    pub fn stop(mut self) -> Result<serde_json::Value, String> {
+        use std::io::BufRead;
+        writeln!(self.stdin, "stop").map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        let status = self.child.wait().map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("the probe failed ({status})"));
+        }
+        serde_json::from_str(&line).map_err(|e| format!("probe report {line:?}: {e}"))
     }
 }

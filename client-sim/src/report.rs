@@ -108,3 +108,19 @@ pub fn loss(track: &UpdateTrack, published: usize, subscribers: u64, report: &Re
         lost: expected.saturating_sub(delivered + report.totals.conflated),
     }
 }
+
+/// A table row from [`percentiles`]' JSON (for reports that crossed a process boundary).
+pub fn json_row(name: &str, v: &Value) -> String {
+    if v.is_null() {
+        return format!("{name:<22} (none)");
+    }
+    let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    format!(
+        "{name:<22} p50 {:>9.3}  p90 {:>9.3}  p99 {:>9.3}  p99.9 {:>9.3}  max {:>9.3} ms",
+        f("p50_ms"),
+        f("p90_ms"),
+        f("p99_ms"),
+        f("p999_ms"),
+        f("max_ms")
+    )
+}

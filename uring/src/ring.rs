@@ -126,13 +126,18 @@ const BUF_GROUP: u16 = 0;
 const POOL_CAP: usize = 1024;
 
 impl Ring {
-    /// Builds a `SINGLE_ISSUER | DEFER_TASKRUN` ring with a sparse fixed-file table of
+    /// Builds a `SINGLE_ISSUER | DEFER_TASKRUN | TASKRUN_FLAG` ring with a sparse fixed-file table of
     /// `cfg.files` slots and, if asked, a provided-buffer ring. Must be used from the thread that
     /// created it (single issuer).
     pub fn new(cfg: RingConfig) -> io::Result<Ring> {
         let uring = IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
+            // The kernel flags pending deferred work (a receive that completed) in the SQ ring,
+            // and the enter that submits a round of sends then also runs it (GETEVENTS) instead
+            // of leaving it until the core next blocks: without it, a PING that arrives while a
+            // core fans out a burst waits for the whole burst.
+            .setup_taskrun_flag()
             .setup_submit_all()
             .setup_cqsize(cfg.cq_entries)
             .build(cfg.sq_entries)?;

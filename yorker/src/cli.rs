@@ -291,7 +291,7 @@ fn stats_line(t: &Totals, last: &Totals, dt: Duration) -> String {
     let sends = t.core.sends - last.core.sends;
     let enters = (t.enters - last.enters).max(1);
     format!(
-        "conns={} subs={} topics={} updates_in={} deliveries={} deliveries/s={} sends/enter={:.1} frames/send={:.1} conflated={} urgent={} slow_closed={} errors_sent={} write_timeouts={} outbox_bytes={} inbound_bytes={} frame_timeouts={} auth_refused={} tokens_verified={} tokens_expired={}",
+        "conns={} subs={} topics={} updates_in={} deliveries={} deliveries/s={} sends/enter={:.1} frames/send={:.1} conflated={} urgent={} slow_closed={} errors_sent={} write_timeouts={} outbox_bytes={} inbound_bytes={} frame_timeouts={} auth_refused={} tokens_verified={} tokens_expired={} messages={} messages_acked={} messages_refused={} posts={} posts_refused={} replies={} replies_dropped={} control_dropped={}",
         t.core.connections,
         t.core.subscriptions,
         t.topics,
@@ -311,5 +311,13 @@ fn stats_line(t: &Totals, last: &Totals, dt: Duration) -> String {
         t.core.auth_refused,
         t.core.tokens_verified,
         t.core.tokens_expired,
+        t.core.messages_in,
+        t.core.messages_acked,
+        t.core.messages_refused,
+        t.core.posts,
+        t.core.posts_refused,
+        t.core.replies,
+        t.core.replies_dropped,
+        t.core.control_dropped,
     )
 }

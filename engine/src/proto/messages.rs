@@ -347,7 +347,8 @@ impl Shard {
             .pending
             .insert(ticket, origin);
         self.stats.messages_to_backends += 1;
-        self.mark_ready(slot);
+        // Interactive traffic: ahead of any fan-out waiting to be sent.
+        self.mark_ready_first(slot);
     }
 
     /// Sends the outcome of a MESSAGE to its sender's shard.
