@@ -82,7 +82,7 @@ if has probe; then
     PORT=$((PORT + 1)); next_base
     echo "== $server: $N subscribers, $BURSTS bursts, PING every $PROBE_MS ms"
     start_server "$server" $PORT
-    extra=(); [ "$server" = yorker ] || [ "$server" = yorker-unbounded ] && extra=(--probe-backend-key bk)
+    extra=(); case $server in yorker|yorker-unbounded) extra=(--probe-backend-key bk);; esac
     out=$(taskset -c 1 timeout 300 "$SIM" bench --addr 127.0.0.1:$PORT --proto "$(proto_of "$server")" --key bench \
           --subs "$N" --bursts "$BURSTS" --size 64 --ramp 20000 --probe-ms "$PROBE_MS" --probe-rt-priority $RT \
           "${extra[@]}" --server-pid "$SERVER_PID" --source-base "$BASE" --json 2>"$WORK/bench.err") || true

@@ -76,7 +76,7 @@ impl Probe {
         let phase = Arc::new(AtomicUsize::new(IDLE));
         let stub = match (&cfg.backend_key, cfg.proto) {
             (Some(key), Proto::Yorker) => {
-                let mut b = YorkerConn::connect(cfg.addr, Role::Backend, key)?;
+                let mut b = YorkerConn::connect(cfg.addr, Role::Backend, key, 3)?;
                 let stop = stop.clone();
                 Some(std::thread::spawn(move || b.serve_backend(&stop)))
             }
@@ -134,6 +134,8 @@ impl Conn {
                 cfg.addr,
                 Role::Subscriber,
                 "",
+                // PING alone works with any version (an older engine, for before/after runs).
+                if cfg.backend_key.is_some() { 3 } else { 1 },
             )?)),
             Proto::Redis | Proto::Nats => {
                 let s = TcpStream::connect(cfg.addr).map_err(|e| e.to_string())?;
@@ -273,7 +275,12 @@ struct YorkerConn {
 }
 
 impl YorkerConn {
-    fn connect(addr: SocketAddr, role: Role, token: &str) -> Result<YorkerConn, String> {
+    fn connect(
+        addr: SocketAddr,
+        role: Role,
+        token: &str,
+        need_version: u16,
+    ) -> Result<YorkerConn, String> {
         let s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
         s.set_nodelay(true).map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(Duration::from_millis(100)))
@@ -300,10 +307,10 @@ impl YorkerConn {
             token: token.into(),
         }))?;
         match c.wait(|f| matches!(f, Frame::Welcome(_) | Frame::Error(_)))? {
-            Some(Frame::Welcome(w)) if w.version >= 3 => c.welcome = w,
+            Some(Frame::Welcome(w)) if w.version >= need_version => c.welcome = w,
             Some(Frame::Welcome(w)) => {
                 return Err(format!(
-                    "the server speaks protocol version {}; the probe needs 3",
+                    "the server speaks protocol version {}; the probe needs {need_version}",
                     w.version
                 ))
             }

@@ -22,6 +22,12 @@ pub trait Tap: Send + Sync + std::fmt::Debug {
     fn offer(&self, msg: &UpdateMsg);
 }
 
+/// Client messages, replies and member events in transit to one shard, at most (each at most a
+/// frame): beyond it the sender's shard refuses with `server_busy`. Acknowledgements and the
+/// backend directory are never refused (they are bounded by the in-flight windows and the
+/// number of backends).
+pub const CONTROL_CAPACITY: usize = 65_536;
+
 /// One shard's inbound side: updates, and control messages (client messages, replies, the
 /// backend directory, member events) in a queue of their own, so that an update backlog never
 /// delays an acknowledgement and a resync never drops one.
@@ -90,10 +96,11 @@ impl Inbox {
     }
 
     /// Queues a control message. A non-essential one (see [`Control::is_essential`]) is
-    /// refused when `capacity` control messages wait already; essential ones are bounded by
+    /// refused when [`CONTROL_CAPACITY`] (or `capacity`, if lower) control messages wait already; essential ones are bounded by
     /// construction and always taken.
     fn push_control(&self, msg: Control) -> Result<(), Control> {
-        if self.control_len.fetch_add(1, Ordering::AcqRel) >= self.capacity && !msg.is_essential() {
+        let cap = self.capacity.min(CONTROL_CAPACITY);
+        if self.control_len.fetch_add(1, Ordering::AcqRel) >= cap && !msg.is_essential() {
             self.control_len.fetch_sub(1, Ordering::AcqRel);
             return Err(msg);
         }
@@ -216,6 +223,38 @@ impl ShardBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_messages_are_bounded_but_acknowledgements_never_refused() {
+        use crate::proto::{Origin, Token};
+        let bus = ShardBus::new(1, 1024, None).unwrap();
+        let reply = || Control::Reply {
+            session: 1,
+            frame: bytes::Bytes::from_static(b"r"),
+        };
+        for _ in 0..1024 {
+            assert!(bus.send_control(Dest::Shard(0), reply()).is_ok());
+        }
+        assert!(bus.send_control(Dest::Shard(0), reply()).is_err());
+        let ack = Control::Acked {
+            origin: Origin {
+                shard: 0,
+                token: Token {
+                    slot: 1,
+                    generation: 1,
+                },
+                request_id: 1,
+            },
+            code: 0,
+        };
+        assert!(bus.send_control(Dest::Shard(0), ack).is_ok());
+        assert!(
+            bus.send_control(Dest::Shard(7), reply()).is_err(),
+            "no such shard"
+        );
+        assert_eq!(bus.inbox(0).drain_control(|_| {}), 1025);
+        assert!(bus.send_control(Dest::Shard(0), reply()).is_ok());
+    }
 
     #[test]
     fn a_full_inbox_drops_and_asks_for_a_resync() {

@@ -67,7 +67,7 @@ impl Default for ServerConfig {
             recv_buffers: 2048,
             recv_buffer_size: 2048,
             sq_entries: 4096,
-            sends_per_round: 64,
+            sends_per_round: 128,
             deliveries_per_round: 16_384,
             inbox_capacity: 1 << 20,
             socket_send_buffer: 256 * 1024,

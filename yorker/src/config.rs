@@ -198,7 +198,7 @@ pub struct ServeArgs {
     pub sq_entries: u32,
     /// Gathered sends a core submits at most before it looks at its completions again (bounds
     /// how long inbound traffic waits during a big fan-out).
-    #[arg(long, env = "YORKER_SENDS_PER_ROUND", default_value_t = 64)]
+    #[arg(long, env = "YORKER_SENDS_PER_ROUND", default_value_t = 128)]
     pub sends_per_round: usize,
     /// Deliveries a core queues from its inbox at most before it looks at its completions
     /// again (at least one whole update): with --sends-per-round, bounds how long a PING or a
