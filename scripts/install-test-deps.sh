@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system tools the tests need when they are missing: the relay tests run in
 # network namespaces of their own (unshare from util-linux, ip from iproute2) and inject
-# datagram loss with nftables; procps (pgrep) and openssl are used by scripts. Called by
+# datagram loss with nftables; procps (pgrep) and openssl are used by scripts; Prometheus'
+# promtool validates the metrics endpoint. Called by
 # scripts/test.sh, so that the README's test command works on a fresh Debian/Ubuntu machine.
 # Needs root or passwordless sudo to install; says exactly what is missing otherwise.
 set -euo pipefail
@@ -11,6 +12,8 @@ command -v pgrep >/dev/null 2>&1 || need+=(procps)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)  # promtool checks /metrics
+command -v curl >/dev/null 2>&1 || need+=(curl)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing test dependencies: ${need[*]}" >&2
 as_root=()
@@ -27,4 +30,4 @@ if ! command -v apt-get >/dev/null 2>&1; then
   exit 1
 fi
 "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -278,6 +278,7 @@ fn drive(
                         request_id: req,
                         flags: update_flags::NO_ECHO,
                         topic: room.clone(),
+                        idempotency_key: None,
                         payload,
                     }),
                     Plan::Bet => Frame::Message(Message {

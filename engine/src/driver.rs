@@ -10,7 +10,7 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -40,6 +40,8 @@ pub struct ShardSetup {
     pub stats: Arc<SharedStats>,
     /// Set by the server to start a graceful shutdown.
     pub shutdown: Arc<AtomicBool>,
+    /// With the shutdown: spread the GOAWAYs over this many ms (a lame-duck drain); 0: at once.
+    pub drain_over_ms: Arc<AtomicU64>,
     /// Common start of monotonic time.
     pub epoch_instant: Instant,
     /// Gathered sends submitted at most between two reaps of the completion queue.
@@ -108,7 +110,7 @@ pub fn run(
         return Ok(());
     }
     let _ = started.send(Ok(()));
-    tracing::debug!(cpu = ?setup.cpu, slots = setup.ring.files, "shard up");
+    tracing::info!(cpu = ?setup.cpu, slots = setup.ring.files, "shard up");
     let fault = fault_hook(setup.id);
 
     let start = setup.epoch_instant;
@@ -120,6 +122,15 @@ pub fn run(
     let mut frames: Vec<Bytes> = Vec::with_capacity(64);
     let mut shutdown_seen = false;
     let mut hard_deadline: Option<Instant> = None;
+    // (first update drained, first send submitted) of the fan-out in progress.
+    let mut burst: Option<(Instant, Option<Instant>)> = None;
+    // Handles resolve against the process's metrics recorder (yorker's --admin-listen) now:
+    // no lookup per record; without a recorder they do nothing.
+    let shard_label = setup.id.to_string();
+    let fanout_seconds =
+        metrics::histogram!("yorker_fanout_seconds", "shard" => shard_label.clone());
+    let spread_seconds =
+        metrics::histogram!("yorker_fanout_spread_seconds", "shard" => shard_label);
     loop {
         if fault.is_some_and(|at| Instant::now() >= at) {
             panic!(
@@ -150,9 +161,10 @@ pub fn run(
                 ring.cancel(accept_ud, UserData::new(Op::Cancel, 0, 0).pack())?;
             }
             accepting = false;
-            shard.begin_shutdown(t);
+            let over = setup.drain_over_ms.load(Ordering::SeqCst);
+            shard.begin_drain(t, over);
             hard_deadline =
-                Some(Instant::now() + Duration::from_millis(shard.config().drain_ms + 1000));
+                Some(Instant::now() + Duration::from_millis(over + shard.config().drain_ms + 1000));
         }
         if shard.poll_timeout().is_some_and(|d| d <= t.ms) {
             shard.handle_timeout(t);
@@ -165,16 +177,34 @@ pub fn run(
         // What the shard decided, then at most `sends_per_round` gathered sends: all submitted
         // together by the next enter.
         apply_outputs(&mut ring, &mut shard, &registry, &setup.bus, t)?;
+        if drained > 0 && burst.is_none() {
+            burst = Some((fanout_start, None));
+        }
         for _ in 0..setup.sends_per_round {
             let Some(tok) = shard.poll_transmit(t, &mut frames) else {
                 break;
             };
             ring.send(tok.slot, ud(Op::Send, tok), |out| out.append(&mut frames))?;
+            if let Some((_, first @ None)) = &mut burst {
+                *first = Some(Instant::now());
+            }
         }
         if drained > 0 {
             setup
                 .stats
                 .record_fanout(fanout_start.elapsed().as_micros() as u64);
+        }
+        // A burst is complete on this core when every delivery it queued was handed to the
+        // kernel: from its first update drained to its last send submitted, and the spread
+        // from its first send to its last.
+        if !shard.has_transmits() {
+            if let Some((began, first)) = burst.take() {
+                let now = Instant::now();
+                fanout_seconds.record(now.duration_since(began).as_secs_f64());
+                if let Some(f) = first {
+                    spread_seconds.record(now.duration_since(f).as_secs_f64());
+                }
+            }
         }
         setup
             .stats
@@ -284,11 +314,17 @@ fn apply_outputs(
             Output::Close(tok) => ring.close(tok.slot, ud(Op::Close, tok))?,
             Output::Publish(p) => {
                 let skip = p.skip;
-                let seq =
-                    registry.publish(&p.topic, p.flags, &p.payload, t.unix_us, &mut |mut m| {
+                let (seq, _) = registry.publish_once(
+                    p.idempotency_key.as_deref(),
+                    &p.topic,
+                    p.flags,
+                    &p.payload,
+                    t.unix_us,
+                    &mut |mut m| {
                         m.skip = skip;
                         bus.publish(m)
-                    });
+                    },
+                );
                 if let Some(origin) = p.ack {
                     shard.handle(Input::Published { origin, seq }, t);
                 }

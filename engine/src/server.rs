@@ -3,7 +3,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::net::UnixListener;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -295,6 +295,7 @@ pub struct Server {
     addr: SocketAddr,
     threads: Vec<JoinHandle<io::Result<()>>>,
     shutdown: Arc<AtomicBool>,
+    drain_over_ms: Arc<AtomicU64>,
     bus: Arc<ShardBus>,
     registry: Arc<Registry>,
     stats: Vec<Arc<SharedStats>>,
@@ -434,6 +435,7 @@ impl Server {
         let epoch = new_epoch();
         let registry = Arc::new(Registry::with_limits(epoch, cfg.registry));
         let shutdown = Arc::new(AtomicBool::new(false));
+        let drain_over_ms = Arc::new(AtomicU64::new(0));
         let epoch_instant = Instant::now();
 
         // Bind every listener before starting any thread, so a taken port fails cleanly.
@@ -493,6 +495,7 @@ impl Server {
             addr,
             threads: Vec::new(),
             shutdown: shutdown.clone(),
+            drain_over_ms: drain_over_ms.clone(),
             bus: bus.clone(),
             registry: registry.clone(),
             stats: Vec::new(),
@@ -522,6 +525,7 @@ impl Server {
                 bus: bus.clone(),
                 stats: st,
                 shutdown: shutdown.clone(),
+                drain_over_ms: drain_over_ms.clone(),
                 epoch_instant,
                 sends_per_round: cfg.sends_per_round,
                 deliveries_per_round: cfg.deliveries_per_round,
@@ -607,6 +611,19 @@ impl Server {
             frames_encoded: self.registry.frames_encoded(),
             topics: self.registry.len() as u64,
         }
+    }
+
+    /// Lame-duck drain: stop accepting, then GOAWAY each connection at a random moment within
+    /// `over` (so clients reconnect elsewhere spread out, not as a herd), flush, stop.
+    pub fn begin_drain(&self, over: std::time::Duration) {
+        self.drain_over_ms
+            .store(over.as_millis() as u64, Ordering::SeqCst);
+        self.begin_shutdown();
+    }
+
+    /// True once a shutdown or drain began.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::SeqCst)
     }
 
     /// Starts a graceful shutdown: stop accepting, GOAWAY everyone, drain, stop.

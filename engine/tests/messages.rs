@@ -405,6 +405,7 @@ fn room_members_post_to_each_other_within_their_token() {
         request_id: 1,
         flags: update_flags::NO_ECHO,
         topic: "room/7".into(),
+        idempotency_key: None,
         payload: Bytes::from_static(b"gg"),
     }));
     let (r, code, seq) = ack(&mut members[0]);
@@ -418,6 +419,7 @@ fn room_members_post_to_each_other_within_their_token() {
         request_id: 2,
         flags: 0,
         topic: "room/7".into(),
+        idempotency_key: None,
         payload: Bytes::from_static(b"wp"),
     }));
     let mut ben_saw = Vec::new();
@@ -445,6 +447,7 @@ fn room_members_post_to_each_other_within_their_token() {
             request_id: 3,
             flags,
             topic: topic.into(),
+            idempotency_key: None,
             payload: Bytes::new(),
         }));
         assert_eq!(ack(&mut members[2]), (3, ErrorCode::Forbidden as u16, 0));
@@ -454,6 +457,7 @@ fn room_members_post_to_each_other_within_their_token() {
         request_id: 4,
         flags: 0,
         topic: "room/7".into(),
+        idempotency_key: None,
         payload: Bytes::new(),
     }));
     assert_eq!(ack(&mut anon), (4, ErrorCode::Forbidden as u16, 0));
@@ -463,15 +467,37 @@ fn room_members_post_to_each_other_within_their_token() {
         request_id: 5,
         flags: 0,
         topic: "room/7".into(),
+        idempotency_key: None,
         payload: Bytes::from_static(b"gm"),
     }));
     assert_eq!(ack(&mut p), (5, 0, seq + 2));
+    // An idempotent retry is acknowledged with the first seq and not applied again.
+    for request_id in [6, 7] {
+        p.send(&Frame::Post(Post {
+            request_id,
+            flags: 0,
+            topic: "room/7".into(),
+            idempotency_key: Some("order-991".into()),
+            payload: Bytes::from_static(b"once"),
+        }));
+        assert_eq!(ack(&mut p), (request_id, 0, seq + 3));
+    }
+    for m in members.iter_mut() {
+        assert_eq!(m.next_update(T).unwrap().seq, seq + 2);
+        let u = m.next_update(T).unwrap();
+        assert_eq!((u.seq, &u.payload[..]), (seq + 3, &b"once"[..]));
+        assert!(
+            m.next(Duration::from_millis(200)).is_none(),
+            "the retry was applied twice"
+        );
+    }
     // Version 3 frames in a version 2 session are unexpected.
     let mut old = connect_with_token(addr, Role::Subscriber, user_token("dan", &["room/7"]));
     old.send(&Frame::Post(Post {
         request_id: 6,
         flags: 0,
         topic: "room/7".into(),
+        idempotency_key: None,
         payload: Bytes::new(),
     }));
     old.expect_error(ErrorCode::UnexpectedFrame);

@@ -171,7 +171,9 @@ fn follow_tcp(cfg: UpstreamConfig, injector: Injector, stop: &AtomicBool) {
                 FeedStats::add(&injector.stats().snapshot_fallbacks, 1);
             }
             first = false;
+            injector.stats().synced.store(true, Ordering::Release);
         });
+        injector.stats().synced.store(false, Ordering::Release);
         let wait = match r {
             Err(UpstreamError::Stopped) => return,
             Err(UpstreamError::GoAway { after_ms, .. }) => {
@@ -289,6 +291,7 @@ impl Multicast {
                             );
                         }
                         rx.snapshot_done(s.epoch, s.feed_seq, now_ms(), &mut actions);
+                        self.injector.stats().synced.store(true, Ordering::Release);
                     }
                     Err(e) => {
                         tracing::warn!("snapshot failed: {e}");

@@ -128,9 +128,38 @@ pub struct FeedStats {
     pub lag_us: AtomicU64,
     /// Largest lag since the stats line last read it, µs.
     pub lag_max_us: AtomicU64,
+    /// A relay holds a synchronised snapshot of its upstream and follows it (readiness).
+    pub synced: std::sync::atomic::AtomicBool,
 }
 
 impl FeedStats {
+    /// The monotonic counters, by name (for metrics exporters).
+    pub fn counters(&self) -> [(&'static str, u64); 15] {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("datagrams_out", g(&self.datagrams_out)),
+            ("datagrams_in", g(&self.datagrams_in)),
+            ("bad_datagrams", g(&self.bad_datagrams)),
+            ("gaps", g(&self.gaps)),
+            ("naks", g(&self.naks)),
+            ("naks_refused", g(&self.naks_refused)),
+            ("retransmits", g(&self.retransmits)),
+            ("unavailable", g(&self.unavailable)),
+            ("snapshot_fallbacks", g(&self.snapshot_fallbacks)),
+            ("updates_applied", g(&self.updates_applied)),
+            ("duplicates", g(&self.duplicates)),
+            ("resets", g(&self.resets)),
+            ("overruns", g(&self.overruns)),
+            ("topic_limit_drops", g(&self.topic_limit_drops)),
+            ("oversize_drops", g(&self.oversize_drops)),
+        ]
+    }
+
+    /// Relay lag of the latest update, µs (origin accept time to applied here).
+    pub fn lag_us(&self) -> u64 {
+        self.lag_us.load(Ordering::Relaxed)
+    }
+
     /// Adds `n` to a counter.
     pub fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);

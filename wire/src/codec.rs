@@ -118,8 +118,15 @@ impl Frame {
             }
             Frame::Post(p) => {
                 dst.put_u32(p.request_id);
-                dst.put_u8(p.flags);
+                let flags = match &p.idempotency_key {
+                    Some(_) => p.flags | update_flags::IDEMPOTENCY_KEY,
+                    None => p.flags & !update_flags::IDEMPOTENCY_KEY,
+                };
+                dst.put_u8(flags);
                 put_str8(dst, &p.topic);
+                if let Some(k) = &p.idempotency_key {
+                    put_str8(dst, k);
+                }
                 dst.put_slice(&p.payload);
             }
             Frame::PresenceGet { request_id, topic } => {
@@ -236,7 +243,12 @@ impl Frame {
             Frame::GoAway(g) => str16("message", &g.message),
             Frame::Topic { name, .. } => str8("name", name),
             Frame::Message(m) => str8("routing_key", &m.routing_key),
-            Frame::Post(p) => str8("topic", &p.topic),
+            Frame::Post(p) => {
+                str8("topic", &p.topic)?;
+                p.idempotency_key
+                    .as_deref()
+                    .map_or(Ok(()), |k| str8("idempotency_key", k))
+            }
             Frame::PresenceGet { topic, .. } => str8("topic", topic),
             Frame::Member { user, .. } => str8("user", user),
             Frame::ClientMessage(m) => {
@@ -611,12 +623,23 @@ pub fn decode_body(mut b: Bytes) -> Result<Frame, DecodeError> {
             routing_key: r.str8("routing_key")?,
             payload: r.rest(),
         }),
-        frame_type::POST => Frame::Post(Post {
-            request_id: r.u32("request_id")?,
-            flags: r.u8("flags")?,
-            topic: r.str8("topic")?,
-            payload: r.rest(),
-        }),
+        frame_type::POST => {
+            let request_id = r.u32("request_id")?;
+            let flags = r.u8("flags")?;
+            let topic = r.str8("topic")?;
+            let idempotency_key = if flags & update_flags::IDEMPOTENCY_KEY != 0 {
+                Some(r.str8("idempotency_key")?)
+            } else {
+                None
+            };
+            Frame::Post(Post {
+                request_id,
+                flags: flags & !update_flags::IDEMPOTENCY_KEY,
+                topic,
+                idempotency_key,
+                payload: r.rest(),
+            })
+        }
         frame_type::PRESENCE_GET => Frame::PresenceGet {
             request_id: r.u32("request_id")?,
             topic: r.str8("topic")?,

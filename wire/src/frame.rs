@@ -120,6 +120,9 @@ pub mod update_flags {
     pub const PUBLISH_MASK: u8 = URGENT | BROADCAST;
     /// POST only (version 3): do not deliver the update to the posting connection itself.
     pub const NO_ECHO: u8 = 0x04;
+    /// POST only (version 3): an idempotency key (str8) follows the topic; a retry with the
+    /// same key within the server's window is acknowledged with the first seq, not applied.
+    pub const IDEMPOTENCY_KEY: u8 = 0x80;
 }
 
 /// Options of one SUBSCRIBE entry (one byte).
@@ -358,6 +361,8 @@ pub struct Post {
     pub flags: u8,
     /// Topic name.
     pub topic: String,
+    /// With [`update_flags::IDEMPOTENCY_KEY`]: 1 to 255 bytes naming this publish.
+    pub idempotency_key: Option<String>,
     /// Opaque application bytes.
     pub payload: Bytes,
 }

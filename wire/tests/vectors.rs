@@ -112,7 +112,18 @@ fn expected() -> Vec<(&'static str, Frame)> {
                 request_id: 10,
                 flags: update_flags::NO_ECHO,
                 topic: "room/7".into(),
+                idempotency_key: None,
                 payload: Bytes::from_static(b"hi"),
+            }),
+        ),
+        (
+            "post_idempotent",
+            Frame::Post(Post {
+                request_id: 12,
+                flags: 0,
+                topic: "odds/7".into(),
+                idempotency_key: Some("e1".into()),
+                payload: Bytes::from_static(b"s"),
             }),
         ),
         (

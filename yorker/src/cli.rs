@@ -17,7 +17,8 @@ use yorker_relay::origin::{FeedTap, Origin};
 use yorker_relay::upstream::UpstreamConfig;
 use yorker_relay::{FeedStats, Injector};
 
-use crate::config::{RelayArgs, ServeArgs};
+use crate::admin::{Admin, AdminState};
+use crate::config::{LogFormat, RelayArgs, ServeArgs};
 
 /// Runs `yorker serve` until SIGTERM/SIGINT; exit 0 after a graceful shutdown, 1 on a start-up
 /// error or when a shard died, 2 on bad flags.
@@ -28,7 +29,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
 /// Runs `yorker relay`: an engine whose updates come from an origin (multicast feed) or an
 /// upstream engine (TCP) instead of publishers.
 pub fn relay(args: ServeArgs, relay: RelayArgs) -> ExitCode {
-    init_logs();
+    init_logs(args.log_format);
     if let Err(e) = relay.check(&args) {
         tracing::error!("{e}");
         return ExitCode::from(2);
@@ -64,16 +65,19 @@ fn start_follower(
 }
 
 /// Logs to stderr through `tracing`: `YORKER_LOG` filters (default `info`, e.g.
-/// `YORKER_LOG=debug` or `YORKER_LOG=yorker_relay=debug,info`). Idempotent.
-pub fn init_logs() {
+/// `YORKER_LOG=debug` or `YORKER_LOG=yorker_relay=debug,info`), as text or one JSON object per
+/// line. Idempotent.
+pub fn init_logs(format: LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("YORKER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => b.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => b.json().with_current_span(false).try_init(),
+    };
 }
 
 /// How often free heap pages go back to the kernel.
@@ -83,7 +87,7 @@ const TRIM_EVERY: Duration = Duration::from_secs(10);
 const WATCH: Duration = Duration::from_millis(100);
 
 fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
-    init_logs();
+    init_logs(args.log_format);
     let settings = match args.to_config() {
         Ok(c) => c,
         Err(e) => {
@@ -113,6 +117,15 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
         cfg.tap = Some(tap);
         queue
     });
+    // The metrics recorder goes in before the shards start: their histograms bind to it.
+    let metrics = match args.admin_listen.map(|_| crate::admin::install_recorder()) {
+        Some(Err(e)) => {
+            tracing::error!("cannot set up metrics: {e}");
+            return ExitCode::from(1);
+        }
+        Some(Ok(h)) => Some(h),
+        None => None,
+    };
     let server = match Server::start(cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -167,6 +180,29 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
     };
     let feed = origin.is_some() || relay.is_some();
     let server = Arc::new(server);
+    let mut admin = None;
+    let mut drain_request = None;
+    if let (Some(addr), Some(metrics)) = (args.admin_listen, metrics) {
+        let state = Arc::new(AdminState::new(
+            server.clone(),
+            metrics,
+            args.publisher_key.clone(),
+            feed.then(|| feed_stats.clone()),
+            relay.is_some(),
+        ));
+        drain_request = Some(state.drain.clone());
+        match Admin::start(addr, state) {
+            Ok(a) => {
+                tracing::info!("admin listener on http://{}", a.local_addr());
+                admin = Some(a);
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                server.begin_shutdown();
+                return ExitCode::from(1);
+            }
+        }
+    }
     let stats_stop = Arc::new(AtomicBool::new(false));
     let stats_thread = (args.stats_interval > 0).then(|| {
         let (s, stop, fs) = (server.clone(), stats_stop.clone(), feed_stats.clone());
@@ -180,8 +216,16 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
     // Every TRIM_EVERY the allocator gives free pages back, so that memory a burst took (a
     // reconnect storm, a flood of partial frames) does not stay resident.
     let mut failed = false;
+    let mut drain_over = None;
     let mut last_trim = Instant::now();
     'watch: loop {
+        if let Some(over) = drain_request
+            .as_ref()
+            .and_then(|d| *d.lock().unwrap_or_else(|e| e.into_inner()))
+        {
+            drain_over = Some(over);
+            break 'watch;
+        }
         if last_trim.elapsed() >= TRIM_EVERY {
             yorker_uring::release_free_heap();
             last_trim = Instant::now();
@@ -215,7 +259,16 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
     if let Some(f) = follower.as_mut() {
         f.stop();
     }
-    server.begin_shutdown();
+    match drain_over {
+        Some(over) => {
+            tracing::info!(
+                over_ms = over.as_millis() as u64,
+                "draining: accepting nothing, GOAWAY spread over the window"
+            );
+            server.begin_drain(over);
+        }
+        None => server.begin_shutdown(),
+    }
     // A second signal aborts the drain.
     std::thread::spawn(move || {
         if signals.forever().any(|s| s != SIGHUP) {
@@ -229,6 +282,9 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
     stats_stop.store(true, Ordering::Release);
     if let Some(Some(t)) = stats_thread {
         let _ = t.join();
+    }
+    if let Some(mut a) = admin.take() {
+        a.stop();
     }
     if let Some(o) = origin.as_mut() {
         o.stop();

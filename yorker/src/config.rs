@@ -21,6 +21,24 @@ pub struct Settings {
     pub multicast: Option<MulticastOut>,
 }
 
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for log shippers).
+    Json,
+}
+
+/// `ADDR:PORT`, or a bare port on loopback.
+fn parse_admin_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    }
+    s.parse()
+        .map_err(|_| format!("{s:?}: expected ADDR:PORT or a port number"))
+}
+
 /// What to do with a connection whose outbox is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SlowPolicyArg {
@@ -216,6 +234,19 @@ pub struct ServeArgs {
     /// Seconds between one-line stats on stderr; 0 turns them off.
     #[arg(long, env = "YORKER_STATS_INTERVAL", default_value_t = 5)]
     pub stats_interval: u64,
+    /// The admin HTTP listener (metrics, health, HTTP publish, drain): ADDR:PORT, or a bare PORT
+    /// for 127.0.0.1:PORT. Off unless given; keep it on loopback or a private network (only
+    /// /publish checks a key).
+    #[arg(long, env = "YORKER_ADMIN_LISTEN", value_parser = parse_admin_addr)]
+    pub admin_listen: Option<SocketAddr>,
+    /// Log lines as text (default) or one JSON object per line.
+    #[arg(long, env = "YORKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// A TOML file of settings: `flag-name = value` for any flag of this command (e.g.
+    /// `publisher-key = "..."`, `max-conns-per-core = 50000`). Environment variables override
+    /// it, and flags override both.
+    #[arg(long, env = "YORKER_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
     /// Origin: also multicast every update to relays, to GROUP:PORT (repeat, or comma-separate,
     /// for an A/B feed on two groups). Needs --multicast-if.
     #[arg(long, env = "YORKER_MULTICAST_OUT", value_delimiter = ',')]

@@ -556,6 +556,7 @@ impl Shard {
             payload: p.payload,
             ack: Some(self.origin(slot, req)),
             skip,
+            idempotency_key: p.idempotency_key.filter(|k| !k.is_empty()).map(Into::into),
         }));
     }
 

@@ -336,6 +336,9 @@ pub struct PublishReq {
     pub ack: Option<Origin>,
     /// POST with NO_ECHO: the poster's session id ([`UpdateMsg::skip`]); 0: none.
     pub skip: u64,
+    /// POST with an idempotency key: publish at most once per key
+    /// ([`registry::Registry::publish_once`]).
+    pub idempotency_key: Option<Box<str>>,
 }
 
 /// One shard's sans-IO state: its connection slots, subscriber index, timers and counters.
@@ -376,6 +379,8 @@ pub struct Shard {
     pub(crate) presence_due_ms: u64,
     /// Tickets of the send being started (scratch).
     pub(crate) tickets: Vec<u64>,
+    /// A drain's GOAWAYs still to send: (when, slot, generation), latest first.
+    pub(crate) drain_plan: Vec<(u64, u32, u32)>,
     rng: u64,
 }
 
@@ -427,6 +432,7 @@ impl Shard {
             watches: HashMap::new(),
             presence_due_ms: 0,
             tickets: Vec::new(),
+            drain_plan: Vec::new(),
             rng: seed | 1,
         };
         shard.accept_tokens = accept_tokens;
@@ -571,7 +577,8 @@ impl Shard {
         } else {
             Some(self.housekeeping_ms)
         };
-        [self.timers.next(), h, self.presence_deadline()]
+        let d = self.drain_plan.last().map(|&(at, _, _)| at);
+        [self.timers.next(), h, self.presence_deadline(), d]
             .into_iter()
             .flatten()
             .min()
@@ -586,6 +593,9 @@ impl Shard {
         }
         if self.presence_deadline().is_some_and(|d| now.ms >= d) {
             self.presence_tick(now);
+        }
+        if !self.drain_plan.is_empty() {
+            self.drain_due(now);
         }
         while let Some((deadline, slot, generation)) = self.timers.pop_due(now.ms) {
             self.on_deadline(slot, generation, deadline, now);
@@ -610,6 +620,57 @@ impl Shard {
                 }
                 Some(slot::Phase::AwaitHello) => self.abort(slot),
                 _ => {}
+            }
+        }
+    }
+
+    /// Lame-duck drain: new connections are refused, and every connection gets its GOAWAY
+    /// (`shutting_down`, a short jittered hint) at a random moment within the next `over_ms`,
+    /// so that a node is evacuated without a reconnect herd; each closes once flushed.
+    pub fn begin_drain(&mut self, now: Now, over_ms: u64) {
+        if over_ms == 0 {
+            return self.begin_shutdown(now);
+        }
+        self.shutting_down = true;
+        let mut plan = Vec::new();
+        for slot in 0..self.slots.len() as u32 {
+            match self.conn(slot).map(|c| c.phase) {
+                Some(slot::Phase::Active(_)) => {
+                    let at = now.ms + self.next_rand() % (over_ms + 1);
+                    plan.push((at, slot, self.slots[slot as usize].generation));
+                }
+                Some(slot::Phase::AwaitHello) => self.abort(slot),
+                _ => {}
+            }
+        }
+        // Latest first: the next due is popped from the end.
+        plan.sort_unstable_by(|a, b| b.cmp(a));
+        self.drain_plan = plan;
+    }
+
+    /// Sends the GOAWAYs of the drain that are due.
+    fn drain_due(&mut self, now: Now) {
+        while self
+            .drain_plan
+            .last()
+            .is_some_and(|&(at, _, _)| at <= now.ms)
+        {
+            let (_, slot, generation) = self.drain_plan.pop().expect("checked");
+            if self.slots[slot as usize].generation != generation {
+                continue;
+            }
+            if matches!(
+                self.conn(slot).map(|c| c.phase),
+                Some(slot::Phase::Active(_))
+            ) {
+                let after = self.retry_hint();
+                self.go_away(
+                    slot,
+                    yorker_wire::ErrorCode::ShuttingDown,
+                    after,
+                    "server draining: reconnect (to another node)",
+                    now,
+                );
             }
         }
     }

@@ -164,6 +164,34 @@ pub struct Registry {
     feed_seq: AtomicU64,
     /// Relay sessions over all shards.
     relay_sessions: AtomicUsize,
+    /// Idempotency keys of recent publishes (POST with a key, HTTP publish).
+    idempotency: Mutex<IdempotencyWindow>,
+}
+
+/// How long an idempotency key is remembered, µs.
+pub const IDEMPOTENCY_WINDOW_US: u64 = 300_000_000;
+/// Idempotency keys remembered at most (the oldest are forgotten first).
+pub const IDEMPOTENCY_MAX_KEYS: usize = 100_000;
+
+/// Recent idempotency keys: key -> the sequence number its publish got.
+#[derive(Debug, Default)]
+struct IdempotencyWindow {
+    seen: HashMap<Box<str>, u64>,
+    order: std::collections::VecDeque<(u64, Box<str>)>,
+}
+
+impl IdempotencyWindow {
+    fn expire(&mut self, now_us: u64) {
+        while let Some((at, _)) = self.order.front() {
+            if now_us.saturating_sub(*at) < IDEMPOTENCY_WINDOW_US
+                && self.order.len() <= IDEMPOTENCY_MAX_KEYS
+            {
+                break;
+            }
+            let (_, k) = self.order.pop_front().expect("checked");
+            self.seen.remove(&k);
+        }
+    }
 }
 
 impl Registry {
@@ -193,7 +221,37 @@ impl Registry {
             next_session: AtomicU64::new(1),
             feed_seq: AtomicU64::new(0),
             relay_sessions: AtomicUsize::new(0),
+            idempotency: Mutex::new(IdempotencyWindow::default()),
         }
+    }
+
+    /// [`Registry::publish`], at most once per idempotency key within
+    /// [`IDEMPOTENCY_WINDOW_US`]: a key seen already is answered with the sequence number its
+    /// first publish got, and nothing is published (the second value is true). Keys are global
+    /// to the server (publishers should use unique ones, such as UUIDs); the check and the
+    /// publish happen under one lock, so two retries racing on two cores publish once.
+    pub fn publish_once(
+        &self,
+        key: Option<&str>,
+        topic: &Topic,
+        flags: u8,
+        payload: &[u8],
+        now_us: u64,
+        fanout: &mut dyn FnMut(UpdateMsg),
+    ) -> (u64, bool) {
+        let Some(key) = key else {
+            return (self.publish(topic, flags, payload, now_us, fanout), false);
+        };
+        let mut w = self.idempotency.lock().unwrap_or_else(|e| e.into_inner());
+        w.expire(now_us);
+        if let Some(&seq) = w.seen.get(key) {
+            return (seq, true);
+        }
+        let seq = self.publish(topic, flags, payload, now_us, fanout);
+        let k: Box<str> = key.into();
+        w.seen.insert(k.clone(), seq);
+        w.order.push_back((now_us, k));
+        (seq, false)
     }
 
     /// Counts one more relay session, unless `max` are open already.

@@ -407,6 +407,7 @@ impl Shard {
             payload: p.payload,
             ack: None,
             skip: 0,
+            idempotency_key: None,
         }));
     }
 }

@@ -323,6 +323,7 @@ impl World {
                 request_id: req,
                 flags,
                 topic: topic.into(),
+                idempotency_key: None,
                 payload: Bytes::from_static(b"chat"),
             }),
         );
@@ -456,7 +457,8 @@ impl World {
             Output::Publish(p) => {
                 let bus = &mut self.bus;
                 let skip = p.skip;
-                let seq = self.registry.publish(
+                let (seq, _) = self.registry.publish_once(
+                    p.idempotency_key.as_deref(),
                     &p.topic,
                     p.flags,
                     &p.payload,
@@ -1226,6 +1228,7 @@ mod fuzz {
                 request_id: 5,
                 flags,
                 topic: t,
+                idempotency_key: None,
                 payload: Bytes::from_static(b"p")
             })),
             "[a-z]{0,8}".prop_map(|k| Frame::Message(Message {
