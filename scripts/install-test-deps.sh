@@ -14,6 +14,8 @@ command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)  # promtool checks /metrics
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v cc >/dev/null 2>&1 || need+=(gcc)           # the C SDK's example
+command -v mcs >/dev/null 2>&1 || need+=(mono-devel)   # the C# SDK (mcs + mono)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing test dependencies: ${need[*]}" >&2
 as_root=()

@@ -272,6 +272,16 @@ impl ClientSession {
         self.phase == Phase::Open
     }
 
+    /// True while the session uses a connection (being opened, handshaking or open): once it
+    /// is false the adapter closes its socket (the session ended it: server silent, handshake
+    /// timeout, a protocol error, [`ClientSession::close`]).
+    pub fn wants_connection(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Connecting | Phase::Handshake { .. } | Phase::Open
+        )
+    }
+
     /// Subscribes to `topic` (now if open, otherwise at the next connection) and returns its
     /// index. After a reconnect every subscription is renewed with RESUME from the last update
     /// held.
