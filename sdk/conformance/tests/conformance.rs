@@ -52,5 +52,61 @@ fn c_sdk_conforms() {
         .status()
         .expect("cc (the C compiler)");
     assert!(status.success(), "the C example does not compile");
+    // The docs' example too.
+    let follow = out.with_extension("follow");
+    let status = Command::new("cc")
+        .args(["-std=c99", "-Wall", "-Werror", "-o"])
+        .arg(&follow)
+        .arg(repo().join("sdk/c/examples/follow.c"))
+        .arg("-I")
+        .arg(repo().join("sdk/c/include"))
+        .arg(&lib)
+        .args(["-lpthread", "-ldl", "-lm"])
+        .status()
+        .expect("cc");
+    assert!(status.success(), "sdk/c/examples/follow.c does not compile");
     run_suite("c", || Driver::start("c", Command::new(&out)));
+}
+
+#[test]
+fn csharp_sdk_conforms() {
+    let out =
+        std::env::temp_dir().join(format!("yorker-conformance-cs-{}.exe", std::process::id()));
+    let mut sources: Vec<PathBuf> = Vec::new();
+    for dir in ["sdk/csharp/Runtime", "sdk/csharp/Conformance"] {
+        for e in std::fs::read_dir(repo().join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "cs") {
+                sources.push(p);
+            }
+        }
+    }
+    // mcs speaks up to C# 7.2: the SDK stays within what Unity's C# 7.3 accepts.
+    let status = Command::new("mcs")
+        .args(["-langversion:7.2", "-warnaserror", "-nologo"])
+        .arg(format!("-out:{}", out.display()))
+        .args(&sources)
+        .status()
+        .expect("mcs (Debian package mono-devel; scripts/install-test-deps.sh installs it)");
+    assert!(status.success(), "the C# SDK does not compile");
+    // The sample of the Unity package compiles against it too.
+    let status = Command::new("mcs")
+        .args(["-langversion:7.2", "-warnaserror", "-nologo"])
+        .arg(format!(
+            "-out:{}",
+            out.with_extension("follow.exe").display()
+        ))
+        .arg(repo().join("sdk/csharp/Runtime/YorkerClient.cs"))
+        .arg(repo().join("sdk/csharp/Samples~/Follow.cs"))
+        .status()
+        .expect("mcs");
+    assert!(
+        status.success(),
+        "sdk/csharp/Samples~/Follow.cs does not compile"
+    );
+    run_suite("csharp", || {
+        let mut c = Command::new("mono");
+        c.arg(&out);
+        Driver::start("csharp", c)
+    });
 }
