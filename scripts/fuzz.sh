@@ -6,6 +6,7 @@
 #   feed_datagram   the relay feed's datagram, message and NAK decoders
 #   client_session  the client session fed arbitrary server bytes
 #   token           token verification and topic patterns
+#   websocket       the WebSocket handshake parser and client frame decoder
 # Usage: scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 5: the CI smoke run)
 # Installs cargo-fuzz when missing. A crash fails the script; libFuzzer leaves the input under
 # fuzz/artifacts/<target>/ (replay it with `cargo fuzz run <target> <file>`).
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/../fuzz"
 SECS=${1:-5}
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --quiet
 cargo fuzz build --sanitizer none -O >/dev/null 2>&1 || cargo fuzz build --sanitizer none -O
-for t in wire_decoder shard_input feed_datagram client_session token; do
+for t in wire_decoder shard_input feed_datagram client_session token websocket; do
   mkdir -p "corpus/$t"
   out=$(cargo fuzz run --sanitizer none -O "$t" "corpus/$t" -- -max_total_time="$SECS" 2>&1) || {
     echo "$out" | tail -30

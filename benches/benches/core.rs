@@ -23,6 +23,7 @@ fn outbox(c: &mut Criterion) {
                     topic: 1,
                     seq: 1,
                     conflatable: false,
+                    raw: false,
                 },
                 1 << 20,
             );
@@ -39,6 +40,7 @@ fn outbox(c: &mut Criterion) {
                     topic: t,
                     seq: 1,
                     conflatable: true,
+                    raw: false,
                 },
                 1 << 20,
             );
@@ -52,6 +54,7 @@ fn outbox(c: &mut Criterion) {
                     topic: 1 + (seq % 8) as u32,
                     seq,
                     conflatable: true,
+                    raw: false,
                 },
                 1 << 20,
             )

@@ -101,4 +101,6 @@ shared_stats!(
     replies,
     replies_dropped,
     control_dropped,
+    ws_refused,
+    ws_connections,
 );

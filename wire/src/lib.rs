@@ -12,6 +12,8 @@
 //! * [`topic`]: the topic-name rules.
 //! * [`feed`]: the UDP datagrams from an origin engine to its relays (docs/RELAYS.md).
 //! * [`score`]: the cricket score payload of the appendix.
+//! * [`websocket`]: the WebSocket transport (RFC 6455): handshake, client frame decoder,
+//!   server frame headers.
 //!
 //! The decoder never panics and never allocates more than the frame it is decoding, whose
 //! size is capped by the negotiated maximum frame length.
@@ -25,6 +27,7 @@ pub mod feed;
 pub mod frame;
 pub mod score;
 pub mod topic;
+pub mod websocket;
 
 pub use client::{ClientConfig, ClientEvent, ClientSession, Disconnect, Subscription};
 pub use codec::{encode_update, split_frames, Decoder, UpdateView};

@@ -113,6 +113,14 @@ pub struct ServeArgs {
     /// refused server_busy (the backend stays connected).
     #[arg(long, env = "YORKER_BACKEND_OUTBOX_LIMIT", default_value_t = 16 * 1024 * 1024)]
     pub backend_outbox_limit: usize,
+    /// Do not accept WebSocket upgrades on --listen (by default a connection whose first bytes
+    /// are an HTTP `GET` with `Upgrade: websocket` is served over WebSocket).
+    #[arg(long, env = "YORKER_NO_WEBSOCKET")]
+    pub no_websocket: bool,
+    /// WebSocket `Origin`s allowed (comma-separated, exact; `*` any). Default: any origin,
+    /// including clients that send none. Browsers always send one: list your game's sites.
+    #[arg(long, env = "YORKER_WS_ORIGINS", value_delimiter = ',')]
+    pub ws_origins: Vec<String>,
     /// A topic's member count goes to its presence subscribers at most once per this many ms.
     #[arg(long, env = "YORKER_PRESENCE_INTERVAL_MS", default_value_t = 1_000)]
     pub presence_interval_ms: u64,
@@ -534,6 +542,13 @@ impl ServeArgs {
                 backend_outbox_limit: self.backend_outbox_limit,
                 presence_interval_ms: self.presence_interval_ms,
                 presence_events_max: self.presence_events_max,
+                websocket: !self.no_websocket,
+                ws_origins: self
+                    .ws_origins
+                    .iter()
+                    .filter(|o| !o.is_empty())
+                    .cloned()
+                    .collect(),
             },
             registry: RegistryLimits {
                 history_depth: self.history_depth,

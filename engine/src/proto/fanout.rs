@@ -92,6 +92,7 @@ impl Shard {
             topic: msg.topic,
             seq: msg.seq,
             conflatable,
+            raw: false,
         };
         let pushed = if urgent {
             let (p, dropped) = c.outbox.push_urgent(e, limit);

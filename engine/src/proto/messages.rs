@@ -335,6 +335,7 @@ impl Shard {
             topic: 0,
             seq: ticket,
             conflatable: false,
+            raw: false,
         };
         if c.outbox.push(e, limit) == Pushed::Overflow {
             // The backend reads too slowly: refuse this message, keep the backend.

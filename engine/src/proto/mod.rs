@@ -19,6 +19,7 @@
 //! * [`relay_link`]: relay-role connections (every topic, in order);
 //! * [`messages`]: MESSAGE to backends, REPLY, POST (rooms), acknowledgements, rate limits;
 //! * [`presence`]: member counts and join/leave events;
+//! * [`websocket`]: the WebSocket transport on the same listener (handshake, framing);
 //! * [`limits`]: memory caps over the whole shard;
 //! * [`timers`]: the deadline heap;
 //! * [`registry`], [`subscribers`], [`outbox`], [`auth`]: the data structures.
@@ -37,6 +38,7 @@ mod slot;
 mod subscribers;
 mod subscriptions;
 mod timers;
+mod websocket;
 
 #[cfg(test)]
 mod sim;
@@ -147,6 +149,11 @@ pub struct CoreConfig {
     pub presence_interval_ms: u64,
     /// MEMBER events only while a topic has at most this many members.
     pub presence_events_max: u32,
+    /// Accept WebSocket upgrades on the listener (a connection starting with `GET`).
+    pub websocket: bool,
+    /// WebSocket `Origin`s allowed (exact, case-insensitive; `*` any); empty: any, including
+    /// clients that send none.
+    pub ws_origins: Vec<String>,
 }
 
 impl Default for CoreConfig {
@@ -183,6 +190,8 @@ impl Default for CoreConfig {
             backend_outbox_limit: 16 * 1024 * 1024,
             presence_interval_ms: 1_000,
             presence_events_max: 32,
+            websocket: true,
+            ws_origins: Vec::new(),
         }
     }
 }
@@ -260,6 +269,10 @@ pub struct CoreStats {
     pub replies_dropped: u64,
     /// Control messages the bus refused (a shard's queue was full).
     pub control_dropped: u64,
+    /// WebSocket upgrades refused (bad handshake, wrong version, origin).
+    pub ws_refused: u64,
+    /// WebSocket connections (gauge).
+    pub ws_connections: u64,
 }
 
 /// Something that happened, as the driver reports it.
@@ -381,6 +394,12 @@ pub struct Shard {
     pub(crate) tickets: Vec<u64>,
     /// A drain's GOAWAYs still to send: (when, slot, generation), latest first.
     pub(crate) drain_plan: Vec<(u64, u32, u32)>,
+    /// WebSocket connections' transport state.
+    pub(crate) ws: HashMap<u32, websocket::WsConn>,
+    /// WebSocket frame headers by length, shared.
+    pub(crate) ws_headers: websocket::Headers,
+    /// Entries of the send being started (scratch).
+    pub(crate) entries: Vec<outbox::Entry>,
     rng: u64,
 }
 
@@ -433,6 +452,9 @@ impl Shard {
             presence_due_ms: 0,
             tickets: Vec::new(),
             drain_plan: Vec::new(),
+            ws: HashMap::new(),
+            ws_headers: websocket::Headers::default(),
+            entries: Vec::new(),
             rng: seed | 1,
         };
         shard.accept_tokens = accept_tokens;
@@ -478,6 +500,7 @@ impl Shard {
         s.relay_links = self.relays.len() as u64;
         s.inbound_bytes = self.inbound_bytes as u64;
         s.tokens_verified = self.token_cache.verified;
+        s.ws_connections = self.ws.len() as u64;
         s
     }
 
@@ -531,7 +554,7 @@ impl Shard {
             Input::Accepted { slot } => self.on_accepted(slot, now),
             Input::Received(t, data) => {
                 if self.is_current(t) {
-                    self.on_bytes(t.slot, data, now);
+                    self.on_transport_bytes(t.slot, data, now);
                 }
             }
             Input::RecvEnded(t, result) => self.on_recv_ended(t, result),

@@ -21,6 +21,9 @@ pub struct Entry {
     pub seq: u64,
     /// May a newer update of the same topic replace this one while it waits?
     pub conflatable: bool,
+    /// Bytes for the transport itself, sent as they are: on a WebSocket connection every
+    /// other entry is a yorker frame that travels in a binary message (a header in front).
+    pub raw: bool,
 }
 
 impl Entry {
@@ -31,6 +34,15 @@ impl Entry {
             topic: 0,
             seq: 0,
             conflatable: false,
+            raw: false,
+        }
+    }
+
+    /// Transport bytes (a WebSocket handshake answer, pong or close), never wrapped.
+    pub fn raw(frame: Bytes) -> Entry {
+        Entry {
+            raw: true,
+            ..Entry::control(frame)
         }
     }
 }
@@ -273,6 +285,28 @@ impl Outbox {
         freed
     }
 
+    /// Moves up to `max_entries` entries (urgent first) into `out`; returns their bytes.
+    pub fn take_entries(&mut self, max_entries: usize, out: &mut Vec<Entry>) -> usize {
+        let mut taken = 0;
+        while out.len() < max_entries {
+            let Some(e) = self.q.pop_front() else {
+                break;
+            };
+            self.urgent = self.urgent.saturating_sub(1);
+            taken += e.frame.len();
+            out.push(e);
+        }
+        self.sub(taken);
+        taken
+    }
+
+    /// Queues transport bytes after everything else (a WebSocket close after a final frame),
+    /// beyond the limit.
+    pub fn push_raw_last(&mut self, frame: Bytes) {
+        self.add(frame.len());
+        self.q.push_back(Entry::raw(frame));
+    }
+
     /// True when the queue holds a buffer (empty or not).
     pub fn holds_memory(&self) -> bool {
         self.q.capacity() > 0
@@ -302,6 +336,7 @@ mod tests {
             topic,
             seq,
             conflatable,
+            raw: false,
         }
     }
 

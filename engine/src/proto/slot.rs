@@ -370,12 +370,32 @@ impl Shard {
     ) -> Option<Token> {
         let max = self.cfg.max_frames_per_send;
         let backend = self.backend_links.contains_key(&slot);
+        let websocket = self.ws.contains_key(&slot);
         let c = self.conn_mut(slot)?;
         c.in_ready = false;
         if c.sending || c.outbox.is_empty() {
             return None;
         }
-        let n = if backend {
+        let n = if websocket {
+            // Two iovecs per yorker frame: its WebSocket header and the frame.
+            let mut entries = std::mem::take(&mut self.entries);
+            let c = self.conn_mut(slot)?;
+            let n = c.outbox.take_entries((max / 2).max(1), &mut entries);
+            if backend {
+                let mut tickets = std::mem::take(&mut self.tickets);
+                tickets.extend(
+                    entries
+                        .iter()
+                        .filter(|e| e.topic == 0 && e.seq != 0)
+                        .map(|e| e.seq),
+                );
+                self.backend_send_started(slot, &mut tickets);
+                self.tickets = tickets;
+            }
+            self.ws_frames(&mut entries, frames);
+            self.entries = entries;
+            n
+        } else if backend {
             let mut tickets = std::mem::take(&mut self.tickets);
             let c = self.conn_mut(slot)?;
             let n = c.outbox.take_batch_tickets(max, frames, &mut tickets);
@@ -452,6 +472,7 @@ impl Shard {
         self.drop_subscriptions(slot);
         self.end_backend(slot);
         self.forget_sender(slot);
+        self.forget_ws(slot);
         let s = &mut self.slots[slot as usize];
         let State::Live(c) = std::mem::take(&mut s.state) else {
             unreachable!("checked above");
@@ -527,6 +548,7 @@ impl Shard {
             deadline_ms: now.ms + drain,
         };
         self.total_outbox = self.total_outbox - cleared + f.len();
+        self.ws_close_after_final(slot);
         self.stats.errors_sent += 1;
         self.drop_subscriptions(slot);
         self.drop_pending(slot);
@@ -557,6 +579,7 @@ impl Shard {
             deadline_ms: now.ms + drain,
         };
         self.total_outbox = self.total_outbox - cleared + f.len();
+        self.ws_close_after_final(slot);
         self.drop_subscriptions(slot);
         self.drop_pending(slot);
         self.mark_ready(slot);
@@ -590,6 +613,7 @@ impl Shard {
             deadline_ms: now.ms + drain,
         };
         self.total_outbox += f.len();
+        self.ws_close_after_final(slot);
         self.drop_subscriptions(slot);
         self.drop_pending(slot);
         self.mark_ready(slot);

@@ -92,6 +92,7 @@ impl Shard {
                 topic,
                 seq: 0,
                 conflatable: false,
+                raw: false,
             };
             if c.outbox.push_urgent(e, limit).0 == Pushed::Overflow {
                 // Replays were sized to fit; only snapshots of many large values can get here.

@@ -2,7 +2,7 @@
  * ("Conformance"). Commands on stdin, events on stdout, one per line. Also the C example the
  * tests compile and run: build with
  *   cc -o conformance sdk/c/examples/conformance.c -Isdk/c/include \
- *      target/debug/libyorker_client.a -lpthread -ldl -lm
+ *      target/debug/libyorker_c.a -lpthread -ldl -lm
  */
 #include <poll.h>
 #include <stdio.h>

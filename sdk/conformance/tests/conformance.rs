@@ -28,7 +28,7 @@ fn rust_sdk_conforms() {
 
 #[test]
 fn c_sdk_conforms() {
-    let lib = profile_dir().join("libyorker_client.a");
+    let lib = profile_dir().join("libyorker_c.a");
     assert!(
         lib.exists(),
         "{} missing: build it first with `cargo build -p yorker-client-c` (scripts/test.sh does)",
