@@ -159,7 +159,7 @@ impl Conn {
                 }
                 Ok(c)
             }
-            Proto::Mqtt => Err("the probe speaks yorker, Redis and NATS".into()),
+            Proto::Mqtt | Proto::Ws => Err("the probe speaks yorker (TCP), Redis and NATS".into()),
         }
     }
 

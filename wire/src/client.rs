@@ -299,7 +299,9 @@ impl ClientSession {
             duplicates: 0,
         });
         let i = self.subs.len() - 1;
-        if self.phase == Phase::Open {
+        // During the handshake too: HELLO is out, and frames may follow it at once (a
+        // subscription added then would otherwise wait for the next connection).
+        if matches!(self.phase, Phase::Open | Phase::Handshake { .. }) {
             self.send_subscribe(&[i]);
         }
         i
@@ -681,6 +683,21 @@ impl ClientSession {
 mod tests {
     use super::*;
     use crate::codec::{encode_update, Decoder};
+
+    #[test]
+    fn a_subscription_added_during_the_handshake_is_sent_at_once() {
+        let mut s = ClientSession::new(ClientConfig::default());
+        assert!(s.poll_connect(0));
+        s.on_connected(0);
+        let _hello = s.poll_transmit(0);
+        s.subscribe("late", true);
+        let mut d = Decoder::new(crate::MAX_MAX_FRAME);
+        d.feed(&s.poll_transmit(1));
+        match d.next_frame().unwrap() {
+            Some(Frame::Subscribe(sub)) => assert_eq!(sub.entries[0].topic, "late"),
+            other => panic!("expected SUBSCRIBE, got {other:?}"),
+        }
+    }
 
     fn server_frames(s: &mut ClientSession, now: u64) -> Vec<Frame> {
         let b = s.poll_transmit(now);

@@ -4,6 +4,7 @@
 pub mod mqtt;
 pub mod nats;
 pub mod redis;
+pub mod ws;
 pub mod yorker;
 
 use clap::ValueEnum;
@@ -14,6 +15,8 @@ use yorker_wire::ResumeFrom;
 pub enum Proto {
     /// yorker protocol v1.
     Yorker,
+    /// yorker over WebSocket (the engine's same port; publishers still use TCP).
+    Ws,
     /// MQTT 3.1.1, QoS 0 (Mosquitto and other brokers).
     Mqtt,
     /// Core NATS.
@@ -33,6 +36,8 @@ pub enum Parser {
     Nats(nats::Parser, bool),
     /// Redis.
     Redis(redis::Parser),
+    /// yorker over WebSocket.
+    Ws(ws::Parser),
 }
 
 impl Parser {
@@ -40,6 +45,7 @@ impl Parser {
     pub fn new(proto: Proto) -> Parser {
         match proto {
             Proto::Yorker => Parser::Yorker(yorker::Parser::default()),
+            Proto::Ws => Parser::Ws(ws::Parser::default()),
             Proto::Mqtt => Parser::Mqtt(mqtt::Parser::default()),
             Proto::Nats => Parser::Nats(nats::Parser::default(), false),
             Proto::Redis => Parser::Redis(redis::Parser::default()),
@@ -53,6 +59,7 @@ impl Parser {
             Parser::Mqtt(p) => p.feed(data, on),
             Parser::Nats(p, pinged) => p.feed(data, pinged, on),
             Parser::Redis(p) => p.feed(data, on),
+            Parser::Ws(p) => p.feed(data, on),
         }
     }
 
@@ -77,6 +84,11 @@ pub fn handshake(
 ) -> Vec<u8> {
     match proto {
         Proto::Yorker => yorker::handshake(name, topics, conflate).to_vec(),
+        Proto::Ws => {
+            let mut b = ws::upgrade_request();
+            b.extend(ws::masked(&yorker::handshake(name, topics, conflate)));
+            b
+        }
         Proto::Mqtt => {
             let mut b = mqtt::connect(name, 60);
             for (i, (t, _)) in topics.iter().enumerate() {
@@ -100,6 +112,7 @@ pub fn handshake(
 pub fn keepalive(proto: Proto, heartbeat_ms: u64, nonce: u64) -> Option<(Vec<u8>, u64)> {
     match proto {
         Proto::Yorker => Some((yorker::ping(nonce).to_vec(), (heartbeat_ms / 3).max(50))),
+        Proto::Ws => Some((ws::masked(&yorker::ping(nonce)), (heartbeat_ms / 3).max(50))),
         Proto::Mqtt => Some((mqtt::pingreq(), 20_000)),
         Proto::Nats | Proto::Redis => None,
     }

@@ -4,7 +4,7 @@
  * threads. Memory: the strings and payloads an event points to stay valid until the next
  * yorker_client_poll or yorker_client_free of that client; copy what you keep.
  * Errors: functions never unwind into C; NULL arguments are errors (-1), not crashes.
- * Link: libyorker_client.a (or .so) with -lpthread -ldl -lm.
+ * Link: libyorker_c.a (or .so) with -lpthread -ldl -lm.
  */
 
 #ifndef YORKER_CLIENT_H

@@ -160,7 +160,8 @@ namespace Yorker
         {
             foreach (var s in subs) if (s.Topic == topic) return;
             subs.Add(new Sub { Topic = topic, Conflate = conflate });
-            if (phase == Phase.Open) SendSubscribe(new List<int> { subs.Count - 1 });
+            // During the handshake too: frames may follow HELLO at once.
+            if (phase == Phase.Open || phase == Phase.Handshake) SendSubscribe(new List<int> { subs.Count - 1 });
         }
 
         public bool PollConnect(long now)
