@@ -296,6 +296,7 @@ pub struct Server {
     threads: Vec<JoinHandle<io::Result<()>>>,
     shutdown: Arc<AtomicBool>,
     drain_over_ms: Arc<AtomicU64>,
+    tls: Option<Arc<crate::proto::tls::TlsSettings>>,
     bus: Arc<ShardBus>,
     registry: Arc<Registry>,
     stats: Vec<Arc<SharedStats>>,
@@ -496,6 +497,7 @@ impl Server {
             threads: Vec::new(),
             shutdown: shutdown.clone(),
             drain_over_ms: drain_over_ms.clone(),
+            tls: cfg.core.tls.clone(),
             bus: bus.clone(),
             registry: registry.clone(),
             stats: Vec::new(),
@@ -619,6 +621,12 @@ impl Server {
         self.drain_over_ms
             .store(over.as_millis() as u64, Ordering::SeqCst);
         self.begin_shutdown();
+    }
+
+    /// Re-reads the TLS certificate and key (SIGHUP): new handshakes use them, open connections
+    /// keep theirs. `Ok` without TLS configured.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        self.tls.as_ref().map_or(Ok(()), |t| t.reload())
     }
 
     /// True once a shutdown or drain began.

@@ -103,4 +103,6 @@ shared_stats!(
     control_dropped,
     ws_refused,
     ws_connections,
+    tls_refused,
+    tls_connections,
 );

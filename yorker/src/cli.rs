@@ -109,6 +109,14 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
     let mut cfg = settings.server;
     let cores = cfg.cores;
     let tokens = cfg.core.tokens.clone();
+    let tls = cfg.core.tls.clone();
+    if let Some(t) = &tls {
+        if t.ktls_available {
+            tracing::info!("TLS on: user-space rustls (the kernel offers kTLS; yorker does not hand sessions to it yet)");
+        } else {
+            tracing::info!("TLS on: user-space rustls (no kernel TLS on this host)");
+        }
+    }
     let feed_stats = Arc::new(FeedStats::default());
     // An origin's feed is a tap on the engine's bus; its threads start once the engine has a
     // registry and an address.
@@ -232,6 +240,16 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
         }
         for sig in signals.pending() {
             if sig == SIGHUP {
+                if let Some(t) = &tls {
+                    match t.reload() {
+                        Ok(()) => tracing::info!(
+                            "SIGHUP: TLS certificate reloaded (open connections keep theirs)"
+                        ),
+                        Err(e) => tracing::warn!(
+                            "SIGHUP: TLS certificate not reloaded, the old one stays: {e}"
+                        ),
+                    }
+                }
                 match &tokens {
                     Some(v) => match v.reload() {
                         Ok(n) => tracing::info!("SIGHUP: {n} token key(s) reloaded"),

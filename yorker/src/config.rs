@@ -121,6 +121,16 @@ pub struct ServeArgs {
     /// including clients that send none. Browsers always send one: list your game's sites.
     #[arg(long, env = "YORKER_WS_ORIGINS", value_delimiter = ',')]
     pub ws_origins: Vec<String>,
+    /// TLS certificate chain (PEM). With --tls-key, connections that open with a TLS handshake
+    /// get TLS (raw yorker or WebSocket inside: wss), on the same port. Re-read on SIGHUP.
+    #[arg(long, env = "YORKER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "YORKER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Refuse connections that do not start with a TLS handshake (needs --tls-cert).
+    #[arg(long, env = "YORKER_REQUIRE_TLS")]
+    pub require_tls: bool,
     /// A topic's member count goes to its presence subscribers at most once per this many ms.
     #[arg(long, env = "YORKER_PRESENCE_INTERVAL_MS", default_value_t = 1_000)]
     pub presence_interval_ms: u64,
@@ -465,6 +475,15 @@ impl ServeArgs {
                 self.jwt_issuer.clone(),
             )?))
         };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => Some(std::sync::Arc::new(
+                yorker_engine::proto::tls::TlsSettings::new(c.clone(), k.clone())?,
+            )),
+            _ if self.require_tls => {
+                return Err("--require-tls needs --tls-cert and --tls-key".into())
+            }
+            _ => None,
+        };
         let anonymous_topics = parse_patterns(
             &self
                 .anonymous_topics
@@ -543,6 +562,8 @@ impl ServeArgs {
                 presence_interval_ms: self.presence_interval_ms,
                 presence_events_max: self.presence_events_max,
                 websocket: !self.no_websocket,
+                tls,
+                require_tls: self.require_tls,
                 ws_origins: self
                     .ws_origins
                     .iter()

@@ -20,6 +20,7 @@
 //! * [`messages`]: MESSAGE to backends, REPLY, POST (rooms), acknowledgements, rate limits;
 //! * [`presence`]: member counts and join/leave events;
 //! * [`websocket`]: the WebSocket transport on the same listener (handshake, framing);
+//! * [`tls`]: TLS (rustls) on the same listener, under raw TCP or WebSocket;
 //! * [`limits`]: memory caps over the whole shard;
 //! * [`timers`]: the deadline heap;
 //! * [`registry`], [`subscribers`], [`outbox`], [`auth`]: the data structures.
@@ -38,6 +39,7 @@ mod slot;
 mod subscribers;
 mod subscriptions;
 mod timers;
+pub mod tls;
 mod websocket;
 
 #[cfg(test)]
@@ -154,6 +156,10 @@ pub struct CoreConfig {
     /// WebSocket `Origin`s allowed (exact, case-insensitive; `*` any); empty: any, including
     /// clients that send none.
     pub ws_origins: Vec<String>,
+    /// The certificate: connections that open with a TLS handshake get TLS.
+    pub tls: Option<Arc<tls::TlsSettings>>,
+    /// Refuse connections that do not open with a TLS handshake.
+    pub require_tls: bool,
 }
 
 impl Default for CoreConfig {
@@ -192,6 +198,8 @@ impl Default for CoreConfig {
             presence_events_max: 32,
             websocket: true,
             ws_origins: Vec::new(),
+            tls: None,
+            require_tls: false,
         }
     }
 }
@@ -273,6 +281,10 @@ pub struct CoreStats {
     pub ws_refused: u64,
     /// WebSocket connections (gauge).
     pub ws_connections: u64,
+    /// TLS handshakes that failed, and plain connections refused by --require-tls.
+    pub tls_refused: u64,
+    /// TLS connections (gauge).
+    pub tls_connections: u64,
 }
 
 /// Something that happened, as the driver reports it.
@@ -400,6 +412,8 @@ pub struct Shard {
     pub(crate) ws_headers: websocket::Headers,
     /// Entries of the send being started (scratch).
     pub(crate) entries: Vec<outbox::Entry>,
+    /// TLS connections' sessions.
+    pub(crate) tls: HashMap<u32, tls::TlsConn>,
     rng: u64,
 }
 
@@ -455,6 +469,7 @@ impl Shard {
             ws: HashMap::new(),
             ws_headers: websocket::Headers::default(),
             entries: Vec::new(),
+            tls: HashMap::new(),
             rng: seed | 1,
         };
         shard.accept_tokens = accept_tokens;
@@ -501,6 +516,7 @@ impl Shard {
         s.inbound_bytes = self.inbound_bytes as u64;
         s.tokens_verified = self.token_cache.verified;
         s.ws_connections = self.ws.len() as u64;
+        s.tls_connections = self.tls.len() as u64;
         s
     }
 
@@ -554,7 +570,7 @@ impl Shard {
             Input::Accepted { slot } => self.on_accepted(slot, now),
             Input::Received(t, data) => {
                 if self.is_current(t) {
-                    self.on_transport_bytes(t.slot, data, now);
+                    self.on_wire_bytes(t.slot, data, now);
                 }
             }
             Input::RecvEnded(t, result) => self.on_recv_ended(t, result),

@@ -331,10 +331,14 @@ impl Shard {
                 if !self.backend_links.is_empty() {
                     self.backend_send_done(slot);
                 }
+                let tls_pending = self.tls_wants_write(slot);
                 let Some(c) = self.conn_mut(slot) else {
                     return;
                 };
-                if !c.outbox.is_empty() {
+                if tls_pending && c.outbox.is_empty() {
+                    c.in_ready = true;
+                    self.ready.push_back(slot);
+                } else if !c.outbox.is_empty() {
                     self.mark_ready(slot);
                 } else {
                     self.close_if_flushed(slot);
@@ -371,16 +375,20 @@ impl Shard {
         let max = self.cfg.max_frames_per_send;
         let backend = self.backend_links.contains_key(&slot);
         let websocket = self.ws.contains_key(&slot);
+        let tls = self.tls.contains_key(&slot);
+        let tls_pending = tls && self.tls_wants_write(slot);
         let c = self.conn_mut(slot)?;
         c.in_ready = false;
-        if c.sending || c.outbox.is_empty() {
+        if c.sending || (c.outbox.is_empty() && !tls_pending) {
             return None;
         }
-        let n = if websocket {
-            // Two iovecs per yorker frame: its WebSocket header and the frame.
+        let n = if websocket || tls {
+            // WebSocket: two iovecs per yorker frame (its header and the frame). TLS: the
+            // plaintext goes into the connection's session, one buffer of records goes out.
             let mut entries = std::mem::take(&mut self.entries);
             let c = self.conn_mut(slot)?;
-            let n = c.outbox.take_entries((max / 2).max(1), &mut entries);
+            let take = if websocket { (max / 2).max(1) } else { max };
+            let n = c.outbox.take_entries(take, &mut entries);
             if backend {
                 let mut tickets = std::mem::take(&mut self.tickets);
                 tickets.extend(
@@ -392,8 +400,18 @@ impl Shard {
                 self.backend_send_started(slot, &mut tickets);
                 self.tickets = tickets;
             }
-            self.ws_frames(&mut entries, frames);
+            if websocket {
+                self.ws_frames(&mut entries, frames);
+            } else {
+                frames.extend(entries.drain(..).map(|e| e.frame));
+            }
             self.entries = entries;
+            if tls {
+                let records = self.tls_seal(slot, frames);
+                if !records.is_empty() {
+                    frames.push(records);
+                }
+            }
             n
         } else if backend {
             let mut tickets = std::mem::take(&mut self.tickets);
@@ -405,6 +423,11 @@ impl Shard {
         } else {
             c.outbox.take_batch(max, frames)
         };
+        if frames.is_empty() {
+            // Nothing to write after all (a TLS session with nothing ready yet).
+            self.total_outbox -= n;
+            return None;
+        }
         let c = self.conn_mut(slot)?;
         c.sending = true;
         c.send_started_ms = now.ms as u32;
@@ -473,6 +496,7 @@ impl Shard {
         self.end_backend(slot);
         self.forget_sender(slot);
         self.forget_ws(slot);
+        self.forget_tls(slot);
         let s = &mut self.slots[slot as usize];
         let State::Live(c) = std::mem::take(&mut s.state) else {
             unreachable!("checked above");

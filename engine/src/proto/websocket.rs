@@ -154,7 +154,7 @@ impl Shard {
     }
 
     /// Ends the connection with these transport bytes as its last.
-    fn finish_raw(&mut self, slot: u32, b: Bytes, now: Now) {
+    pub(crate) fn finish_raw(&mut self, slot: u32, b: Bytes, now: Now) {
         self.retire_backend(slot);
         let drain = self.cfg.drain_ms;
         let Some(c) = live_mut(&mut self.slots, slot) else {
