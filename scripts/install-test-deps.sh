@@ -16,6 +16,9 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)  # promtool checks /me
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v cc >/dev/null 2>&1 || need+=(gcc)           # the C SDK's example
 command -v mcs >/dev/null 2>&1 || need+=(mono-devel)   # the C# SDK (mcs + mono)
+command -v node >/dev/null 2>&1 || need+=(nodejs)      # the TypeScript SDK's tests
+command -v npm >/dev/null 2>&1 || need+=(npm)
+command -v chromium >/dev/null 2>&1 || need+=(chromium) # the browser test (headless)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing test dependencies: ${need[*]}" >&2
 as_root=()
