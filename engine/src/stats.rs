@@ -85,6 +85,7 @@ shared_stats!(
     heartbeats,
     sends,
     frames_sent,
+    bytes_sent,
     relay_links,
     inbound_bytes,
     frame_timeouts,

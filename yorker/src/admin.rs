@@ -64,7 +64,7 @@ fn describe() {
     describe_counter!("yorker_accepted_total", "Connections accepted.");
     describe_counter!(
         "yorker_refused_total",
-        "Connections or sessions turned away, by reason (server_full, server_busy, auth_failed)."
+        "Connections or sessions turned away, by reason (server_full, server_busy, auth_failed, websocket_handshake, tls)."
     );
     describe_counter!(
         "yorker_closes_total",
@@ -96,6 +96,16 @@ fn describe() {
         "yorker_frames_sent_total",
         "Frames in those sends (frames per send = this / sends)."
     );
+    describe_counter!(
+        "yorker_sent_bytes_total",
+        Unit::Bytes,
+        "Bytes of frames handed to sends (before WebSocket headers and TLS records)."
+    );
+    describe_gauge!(
+        "yorker_websocket_connections",
+        "WebSocket connections, per shard."
+    );
+    describe_gauge!("yorker_tls_connections", "TLS connections, per shard.");
     describe_counter!(
         "yorker_ring_enters_total",
         "io_uring_enter calls (sends per enter = sends / this)."
@@ -551,6 +561,13 @@ fn export(st: &AdminState) {
         counter!("yorker_heartbeats_total", "shard" => s.clone()).absolute(c.heartbeats);
         counter!("yorker_sends_total", "shard" => s.clone()).absolute(c.sends);
         counter!("yorker_frames_sent_total", "shard" => s.clone()).absolute(c.frames_sent);
+        counter!("yorker_sent_bytes_total", "shard" => s.clone()).absolute(c.bytes_sent);
+        gauge!("yorker_websocket_connections", "shard" => s.clone()).set(c.ws_connections as f64);
+        gauge!("yorker_tls_connections", "shard" => s.clone()).set(c.tls_connections as f64);
+        counter!("yorker_refused_total", "shard" => s.clone(), "reason" => "websocket_handshake")
+            .absolute(c.ws_refused);
+        counter!("yorker_refused_total", "shard" => s.clone(), "reason" => "tls")
+            .absolute(c.tls_refused);
         counter!("yorker_ring_enters_total", "shard" => s.clone()).absolute(*enters);
         counter!("yorker_resyncs_total", "shard" => s.clone()).absolute(c.resyncs);
         counter!("yorker_tokens_verified_total", "shard" => s.clone()).absolute(c.tokens_verified);

@@ -155,6 +155,8 @@ fn metrics_pass_promtool_and_count_known_traffic() {
     assert_eq!(metric_sum(&text, "yorker_subscriptions", ""), 3.0);
     assert_eq!(metric_sum(&text, "yorker_accepted_total", ""), 4.0);
     assert_eq!(metric_sum(&text, "yorker_frames_encoded_total", ""), 5.0);
+    // 5 UPDATEs of 27 bytes (a 1-byte payload) to 3 subscribers, plus the control frames.
+    assert!(metric_sum(&text, "yorker_sent_bytes_total", "") >= 15.0 * 27.0);
     assert_eq!(metric_sum(&text, "yorker_up", ""), 1.0);
     assert!(metric_sum(&text, "yorker_process_resident_memory_bytes", "") > 1e6);
     assert!(

@@ -245,6 +245,8 @@ pub struct CoreStats {
     pub sends: u64,
     /// Frames in those sends.
     pub frames_sent: u64,
+    /// Bytes of queued frames handed to sends (before WebSocket headers and TLS records).
+    pub bytes_sent: u64,
     /// Relay connections (gauge).
     pub relay_links: u64,
     /// Bytes held in partly received frames (gauge).

@@ -433,6 +433,7 @@ impl Shard {
         c.send_started_ms = now.ms as u32;
         c.last_tx_ms = now.ms as u32;
         self.total_outbox -= n;
+        self.stats.bytes_sent += n as u64;
         self.stats.sends += 1;
         self.stats.frames_sent += frames.len() as u64;
         // The write timeout may come before anything else this connection waits for.
