@@ -345,16 +345,27 @@ impl YorkerConn {
             if Instant::now() >= deadline {
                 return Ok(None);
             }
-            match self.s.read(&mut b) {
-                Ok(0) => return Err("the server closed the probe".into()),
-                Ok(n) => self.dec.feed(&b[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => return Err(e.to_string()),
+            self.read_some(&mut b, "the server closed the probe")?;
+        }
+    }
+
+    /// One read (bounded by the socket's timeout) into the decoder; a timeout is not an error.
+    fn read_some(&mut self, b: &mut [u8], closed: &str) -> Result<(), String> {
+        match self.s.read(b) {
+            Ok(0) => Err(closed.into()),
+            Ok(n) => {
+                self.dec.feed(&b[..n]);
+                Ok(())
             }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -366,16 +377,7 @@ impl YorkerConn {
         let hb = Duration::from_millis(self.welcome.heartbeat_ms as u64 / 2);
         let mut b = vec![0u8; 64 * 1024];
         while !stop.load(Ordering::Relaxed) {
-            match self.s.read(&mut b) {
-                Ok(0) => return Err("the server closed the backend stub".into()),
-                Ok(n) => self.dec.feed(&b[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => return Err(e.to_string()),
-            }
+            self.read_some(&mut b, "the server closed the backend stub")?;
             while let Some(f) = self.dec.next_frame().map_err(|e| e.to_string())? {
                 match f {
                     Frame::ClientMessage(m) => {

@@ -198,18 +198,9 @@ fn handshake_edge_cases_get_http_answers() {
     assert_eq!(c.subscribe("x", true).result, SubResult::Ok);
 }
 
-/// A masked client frame, built by hand.
+/// A masked client frame.
 fn masked(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x12, 0x34, 0x56, 0x78];
-    let (h, n) = yorker_wire::websocket::frame_header(op, payload.len());
-    let mut f = h[..n].to_vec();
-    if !fin {
-        f[0] &= 0x7f;
-    }
-    f[1] |= 0x80;
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
+    yorker_wire::websocket::masked_frame(fin, op, payload, [0x12, 0x34, 0x56, 0x78])
 }
 
 fn upgraded(addr: SocketAddr) -> TcpStream {

@@ -232,6 +232,20 @@ pub fn frame_header(op: u8, len: usize) -> ([u8; 10], usize) {
     }
 }
 
+/// A complete masked frame, as a client sends it (`fin` clear for all but a message's last).
+pub fn masked_frame(fin: bool, op: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let (h, n) = frame_header(op, payload.len());
+    let mut f = Vec::with_capacity(n + 4 + payload.len());
+    f.extend_from_slice(&h[..n]);
+    if !fin {
+        f[0] &= 0x7f;
+    }
+    f[1] |= 0x80;
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
 /// A complete control frame from the server (`payload` at most 125 bytes).
 pub fn control_frame(op: u8, payload: &[u8]) -> Vec<u8> {
     let payload = &payload[..payload.len().min(125)];
@@ -456,18 +470,7 @@ impl FrameDecoder {
 mod tests {
     use super::*;
 
-    /// A masked client frame.
-    fn client_frame(fin: bool, op: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-        let (h, n) = frame_header(op, payload.len());
-        let mut f = h[..n].to_vec();
-        if !fin {
-            f[0] &= 0x7f;
-        }
-        f[1] |= 0x80;
-        f.extend_from_slice(&mask);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        f
-    }
+    use super::masked_frame as client_frame;
 
     #[test]
     fn rfc_6455_accept_key() {

@@ -2,7 +2,7 @@
 //! around the yorker stream, and the server's binary messages (one yorker frame each) unwrapped
 //! into the yorker parser.
 
-use yorker_wire::websocket::{frame_header, opcode};
+use yorker_wire::websocket::{masked_frame, opcode};
 
 use super::{yorker, Event, ParseError};
 
@@ -13,14 +13,7 @@ pub fn upgrade_request() -> Vec<u8> {
 
 /// `payload` (yorker frames) as one masked binary message.
 pub fn masked(payload: &[u8]) -> Vec<u8> {
-    let mask = [0x5a, 0xa5, 0x3c, 0xc3];
-    let (h, n) = frame_header(opcode::BINARY, payload.len());
-    let mut f = Vec::with_capacity(n + 4 + payload.len());
-    f.extend_from_slice(&h[..n]);
-    f[1] |= 0x80;
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
+    masked_frame(true, opcode::BINARY, payload, [0x5a, 0xa5, 0x3c, 0xc3])
 }
 
 /// Incremental parser: the 101 answer, then server frames whose payloads feed the yorker

@@ -248,19 +248,14 @@ impl Outbox {
         out: &mut Vec<Bytes>,
         tickets: &mut Vec<u64>,
     ) -> usize {
-        let mut taken = 0;
-        while out.len() < max_frames {
-            let Some(e) = self.q.pop_front() else {
-                break;
-            };
-            self.urgent = self.urgent.saturating_sub(1);
-            taken += e.frame.len();
+        let mut entries = Vec::with_capacity(max_frames.min(self.q.len()));
+        let taken = self.take_entries(max_frames.saturating_sub(out.len()), &mut entries);
+        for e in entries {
             if e.topic == 0 && e.seq != 0 {
                 tickets.push(e.seq);
             }
             out.push(e.frame);
         }
-        self.sub(taken);
         taken
     }
 

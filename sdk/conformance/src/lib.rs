@@ -533,3 +533,26 @@ pub fn run_suite(name: &str, start: impl Fn() -> Driver) {
     );
     assert!(hi - lo >= 150, "{name}: delays span only {lo}..{hi} ms");
 }
+
+/// Builds the TypeScript client (`npm ci` when its node_modules is missing, then `tsc`): its
+/// tests import `dist/`. Returns sdk/typescript.
+pub fn build_typescript() -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../typescript");
+    if !dir.join("node_modules/.bin/tsc").exists() {
+        let st = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--silent"])
+            .current_dir(&dir)
+            .status()
+            .expect(
+                "npm (Debian packages nodejs and npm; scripts/install-test-deps.sh installs them)",
+            );
+        assert!(st.success(), "npm ci failed");
+    }
+    let st = Command::new(dir.join("node_modules/.bin/tsc"))
+        .args(["-p", "tsconfig.json"])
+        .current_dir(&dir)
+        .status()
+        .expect("tsc");
+    assert!(st.success(), "the TypeScript client does not compile");
+    dir
+}

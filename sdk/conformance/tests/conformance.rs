@@ -113,21 +113,7 @@ fn csharp_sdk_conforms() {
 
 #[test]
 fn typescript_sdk_conforms_over_websocket() {
-    let dir = repo().join("sdk/typescript");
-    if !dir.join("node_modules/.bin/tsc").exists() {
-        let st = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--silent"])
-            .current_dir(&dir)
-            .status()
-            .expect("npm (scripts/install-test-deps.sh installs it)");
-        assert!(st.success(), "npm ci failed");
-    }
-    let st = Command::new(dir.join("node_modules/.bin/tsc"))
-        .args(["-p", "tsconfig.json"])
-        .current_dir(&dir)
-        .status()
-        .expect("tsc");
-    assert!(st.success(), "the TypeScript client does not compile");
+    let dir = yorker_conformance::build_typescript();
     run_suite("typescript", || {
         let mut c = Command::new("node");
         c.arg(dir.join("test/conformance-driver.mjs"));

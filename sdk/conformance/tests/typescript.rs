@@ -15,25 +15,9 @@ fn sdk() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../typescript")
 }
 
-/// npm ci (when node_modules is missing) and tsc: dist/ is what the tests import.
+/// npm ci and tsc, once for this test binary.
 fn build() {
-    let dir = sdk();
-    if !dir.join("node_modules/.bin/tsc").exists() {
-        let st = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--silent"])
-            .current_dir(&dir)
-            .status()
-            .expect(
-                "npm (Debian packages nodejs and npm; scripts/install-test-deps.sh installs them)",
-            );
-        assert!(st.success(), "npm ci failed");
-    }
-    let st = Command::new(dir.join("node_modules/.bin/tsc"))
-        .args(["-p", "tsconfig.json"])
-        .current_dir(&dir)
-        .status()
-        .expect("tsc");
-    assert!(st.success(), "the TypeScript client does not compile");
+    yorker_conformance::build_typescript();
 }
 
 static BUILD: std::sync::Once = std::sync::Once::new();
