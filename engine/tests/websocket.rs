@@ -193,6 +193,17 @@ fn handshake_edge_cases_get_http_answers() {
         "{:?}",
         String::from_utf8_lossy(&resp)
     );
+    // An upgrade that never completes is closed at the handshake timeout, without a yorker
+    // frame (the client speaks HTTP).
+    let mut cfg = config(1);
+    cfg.core.handshake_timeout_ms = 200;
+    let quick = start(cfg);
+    let mut s3 = TcpStream::connect(quick.local_addr()).unwrap();
+    s3.set_read_timeout(Some(T)).unwrap();
+    s3.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let mut resp = Vec::new();
+    let _ = s3.read_to_end(&mut resp);
+    assert!(resp.is_empty(), "{resp:?}");
     // Raw TCP on the same listener is unaffected.
     let mut c = Client::connect(addr, Role::Subscriber);
     assert_eq!(c.subscribe("x", true).result, SubResult::Ok);

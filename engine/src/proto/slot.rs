@@ -549,6 +549,10 @@ impl Shard {
 
     /// ERROR with `code`, then close once flushed (or at the drain deadline).
     pub(crate) fn fail(&mut self, slot: u32, code: ErrorCode, message: &str, now: Now) {
+        if self.ws_handshaking(slot) {
+            // An HTTP client that never finished its upgrade: no yorker frame to send it.
+            return self.abort(slot);
+        }
         let drain = self.cfg.drain_ms;
         let Some(c) = self.conn_mut(slot) else {
             return;

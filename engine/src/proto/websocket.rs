@@ -203,6 +203,11 @@ impl Shard {
         }
     }
 
+    /// True while `slot` is in the middle of a WebSocket upgrade.
+    pub(crate) fn ws_handshaking(&self, slot: u32) -> bool {
+        self.ws.get(&slot).is_some_and(|w| w.handshake.is_some())
+    }
+
     /// Forgets a connection's WebSocket state (it ended).
     pub(crate) fn forget_ws(&mut self, slot: u32) {
         self.ws.remove(&slot);
