@@ -100,6 +100,9 @@ pub struct BenchArgs {
     /// the server's.
     #[arg(long, default_value_t = 0)]
     pub probe_rt_priority: u8,
+    /// With --proto tls: the PEM certificate(s) to trust (the engine's --tls-cert).
+    #[arg(long)]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 fn bar(len: u64, msg: &str, quiet: bool) -> ProgressBar {
@@ -126,6 +129,13 @@ pub fn run(a: &BenchArgs) -> Result<i32, String> {
         Mode::Burst => a.bursts,
         Mode::Rate => (a.rate * a.duration) as usize,
     };
+    let tls = match (a.proto, &a.tls_ca) {
+        (Proto::Tls, Some(ca)) => Some(crate::proto::tls::client_config(ca)?),
+        (Proto::Tls, None) => {
+            return Err("--proto tls needs --tls-ca (the engine's certificate)".into())
+        }
+        _ => None,
+    };
     let fleet = Fleet::start(FleetConfig {
         addrs: a.addrs.clone(),
         conns: a.subs,
@@ -144,6 +154,7 @@ pub fn run(a: &BenchArgs) -> Result<i32, String> {
         proto: a.proto,
         seed: 1,
         source_base: a.source_base,
+        tls,
     })
     .map_err(|e| format!("cannot start the client fleet: {e}"))?;
     let shared = fleet.shared.clone();

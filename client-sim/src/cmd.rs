@@ -84,6 +84,7 @@ pub fn subscribe(a: &SubscribeArgs) -> Result<i32, String> {
         proto: a.proto,
         seed: unix_us(),
         source_base: a.source_base,
+        tls: None,
     })
     .map_err(|e| e.to_string())?;
     let s = fleet.shared.clone();

@@ -136,6 +136,7 @@ pub fn run(a: &DemoArgs) -> Result<i32, String> {
         proto: Proto::Yorker,
         seed: 7,
         source_base: 1,
+        tls: None,
     })
     .map_err(|e| format!("cannot start the clients: {e}"))?;
     let shared = fleet.shared.clone();

@@ -120,6 +120,8 @@ pub struct FleetConfig {
     /// First source address: clients use 127.0.0.<base>, then <base+1> every 25,000
     /// connections (set it apart when several processes load one server).
     pub source_base: u8,
+    /// With `Proto::Tls`: the client configuration (trusting the engine's certificate).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// Per-update tracking: first and last receive time and receiver count, by bench index.
@@ -537,7 +539,10 @@ impl Worker {
         let addr = self.cfg.addrs[global % self.cfg.addrs.len()];
         let sock = match self.dial(global, addr) {
             Ok(s) => s,
-            Err(_) => {
+            Err(e) => {
+                if std::env::var_os("YORKER_SIM_DEBUG").is_some() {
+                    eprintln!("dial {addr}: {e}");
+                }
                 self.shared.connect_failures.fetch_add(1, Ordering::Relaxed);
                 let c = &mut self.conns[i];
                 c.state = State::Waiting;
@@ -547,13 +552,17 @@ impl Worker {
                 return Ok(());
             }
         };
+        let (sock, tls) = sock;
         let slot = i as u32;
         self.ring.register_fd(slot, sock.as_raw_fd())?;
         drop(sock); // the fixed-file table holds the socket now
         let c = &mut self.conns[i];
         c.generation = (c.generation + 1) & 0x00ff_ffff;
         c.state = State::Handshaking;
-        c.parser = proto::Parser::new(self.cfg.proto);
+        c.parser = match tls {
+            Some(conn) => proto::Parser::Tls(Box::new(proto::tls::Parser::new(conn))),
+            None => proto::Parser::new(self.cfg.proto),
+        };
         c.connected_at = Instant::now();
         let topics: Vec<(String, Option<ResumeFrom>)> = c
             .topics
@@ -566,12 +575,13 @@ impl Worker {
                 (self.cfg.topics.names[t.topic].clone(), resume)
             })
             .collect();
-        let hs = Bytes::from(proto::handshake(
+        let hs = proto::handshake(
             self.cfg.proto,
             &format!("sim-{global}"),
             &topics,
             self.cfg.conflate,
-        ));
+        );
+        let hs = Bytes::from(c.parser.seal(&hs));
         let generation = c.generation;
         let slow = c.slow;
         self.shared.connected.fetch_add(1, Ordering::Relaxed);
@@ -583,7 +593,11 @@ impl Worker {
         self.arm_recv(i, slow)
     }
 
-    fn dial(&self, global: usize, addr: SocketAddr) -> std::io::Result<Socket> {
+    fn dial(
+        &self,
+        global: usize,
+        addr: SocketAddr,
+    ) -> std::io::Result<(Socket, Option<rustls::ClientConnection>)> {
         let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
         s.set_tcp_nodelay(true)?;
         // Beyond one source address's ephemeral ports, use 127.0.0.2, .3, ...
@@ -596,7 +610,18 @@ impl Worker {
         // Bounded: a server whose backlog overflowed makes connect wait for SYN retransmits,
         // and one stuck connect would stall every client of this thread.
         s.connect_timeout(&addr.into(), Duration::from_secs(2))?;
-        Ok(s)
+        // TLS: the handshake runs here, blocking and bounded, before the ring takes the socket.
+        let tls = match &self.cfg.tls {
+            Some(cfg) => {
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                let mut sock = &s;
+                let conn = proto::tls::handshake(cfg, &mut sock)?;
+                s.set_read_timeout(None)?;
+                Some(conn)
+            }
+            None => None,
+        };
+        Ok((s, tls))
     }
 
     fn arm_recv(&mut self, i: usize, slow: bool) -> std::io::Result<()> {
@@ -638,7 +663,11 @@ impl Worker {
                     c.next_ping_ms = now + every;
                     let ud = UserData::new(Op::Send, i as u32, c.generation).pack();
                     if !self.ring.send_in_flight(i as u32) {
-                        self.ring.send(i as u32, ud, |f| f.push(ping.clone()))?;
+                        let bytes = match &mut c.parser {
+                            proto::Parser::Tls(p) => Bytes::from(p.seal(&ping)),
+                            _ => ping.clone(),
+                        };
+                        self.ring.send(i as u32, ud, |f| f.push(bytes))?;
                     }
                 }
             }

@@ -159,7 +159,9 @@ impl Conn {
                 }
                 Ok(c)
             }
-            Proto::Mqtt | Proto::Ws => Err("the probe speaks yorker (TCP), Redis and NATS".into()),
+            Proto::Mqtt | Proto::Ws | Proto::Tls => {
+                Err("the probe speaks yorker (TCP), Redis and NATS".into())
+            }
         }
     }
 

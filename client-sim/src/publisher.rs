@@ -43,8 +43,8 @@ impl Publisher {
     ) -> Result<Publisher, PublishError> {
         let s = TcpStream::connect(addr)?;
         s.set_nodelay(true)?;
-        // Over WebSocket only the subscribers: the publisher uses the same port over TCP.
-        let proto = if proto == Proto::Ws {
+        // Over WebSocket or TLS only the subscribers: the publisher uses the same port over TCP.
+        let proto = if matches!(proto, Proto::Ws | Proto::Tls) {
             Proto::Yorker
         } else {
             proto
@@ -152,7 +152,7 @@ impl Publisher {
     ) -> Result<(), PublishError> {
         self.buf.clear();
         match self.proto {
-            Proto::Yorker | Proto::Ws => {}
+            Proto::Yorker | Proto::Ws | Proto::Tls => {}
             Proto::Mqtt => return Ok(self.out.write_all(&mqtt::publish(topic, payload))?),
             Proto::Nats => return Ok(self.out.write_all(&nats::publish(topic, payload))?),
             Proto::Redis => return Ok(self.out.write_all(&redis::publish(topic, payload))?),

@@ -4,6 +4,7 @@
 pub mod mqtt;
 pub mod nats;
 pub mod redis;
+pub mod tls;
 pub mod ws;
 pub mod yorker;
 
@@ -17,6 +18,8 @@ pub enum Proto {
     Yorker,
     /// yorker over WebSocket (the engine's same port; publishers still use TCP).
     Ws,
+    /// yorker over TLS (the engine's same port with --tls-cert; publishers still use TCP).
+    Tls,
     /// MQTT 3.1.1, QoS 0 (Mosquitto and other brokers).
     Mqtt,
     /// Core NATS.
@@ -38,6 +41,8 @@ pub enum Parser {
     Redis(redis::Parser),
     /// yorker over WebSocket.
     Ws(ws::Parser),
+    /// yorker over TLS.
+    Tls(Box<tls::Parser>),
 }
 
 impl Parser {
@@ -46,6 +51,8 @@ impl Parser {
         match proto {
             Proto::Yorker => Parser::Yorker(yorker::Parser::default()),
             Proto::Ws => Parser::Ws(ws::Parser::default()),
+            // Replaced by the fleet with the session it opened (tls::Parser::new).
+            Proto::Tls => Parser::Yorker(yorker::Parser::default()),
             Proto::Mqtt => Parser::Mqtt(mqtt::Parser::default()),
             Proto::Nats => Parser::Nats(nats::Parser::default(), false),
             Proto::Redis => Parser::Redis(redis::Parser::default()),
@@ -60,6 +67,15 @@ impl Parser {
             Parser::Nats(p, pinged) => p.feed(data, pinged, on),
             Parser::Redis(p) => p.feed(data, on),
             Parser::Ws(p) => p.feed(data, on),
+            Parser::Tls(p) => p.feed(data, on),
+        }
+    }
+
+    /// Bytes as they go on the wire: encrypted on a TLS connection, unchanged otherwise.
+    pub fn seal(&mut self, plain: &[u8]) -> Vec<u8> {
+        match self {
+            Parser::Tls(p) => p.seal(plain),
+            _ => plain.to_vec(),
         }
     }
 
@@ -84,6 +100,8 @@ pub fn handshake(
 ) -> Vec<u8> {
     match proto {
         Proto::Yorker => yorker::handshake(name, topics, conflate).to_vec(),
+        // Encrypted by the connection's session before it is sent (tls::Parser::seal).
+        Proto::Tls => yorker::handshake(name, topics, conflate).to_vec(),
         Proto::Ws => {
             let mut b = ws::upgrade_request();
             b.extend(ws::masked(&yorker::handshake(name, topics, conflate)));
@@ -113,6 +131,7 @@ pub fn keepalive(proto: Proto, heartbeat_ms: u64, nonce: u64) -> Option<(Vec<u8>
     match proto {
         Proto::Yorker => Some((yorker::ping(nonce).to_vec(), (heartbeat_ms / 3).max(50))),
         Proto::Ws => Some((ws::masked(&yorker::ping(nonce)), (heartbeat_ms / 3).max(50))),
+        Proto::Tls => Some((yorker::ping(nonce).to_vec(), (heartbeat_ms / 3).max(50))),
         Proto::Mqtt => Some((mqtt::pingreq(), 20_000)),
         Proto::Nats | Proto::Redis => None,
     }
