@@ -104,6 +104,7 @@ fn run(script: Vec<(u64, u8)>, conflate: bool, goaway: bool) -> yorker_sim::flee
         proto: Proto::Yorker,
         seed: 1,
         source_base: 1,
+        tls: None,
     })
     .unwrap();
     let t = Instant::now();
