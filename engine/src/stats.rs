@@ -106,4 +106,5 @@ shared_stats!(
     ws_connections,
     tls_refused,
     tls_connections,
+    member_events_dropped,
 );

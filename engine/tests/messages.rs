@@ -620,3 +620,99 @@ fn presence_counts_and_member_events() {
         "a leave that brought the room within the limit is an event"
     );
 }
+
+/// An anonymous client joining and leaving a watched room in a loop cannot push the room's
+/// presence subscriber over its outbox limit: MEMBER events are dropped for a queue already
+/// half full, and the watcher stays connected and gets the exact count.
+#[test]
+fn member_event_floods_cannot_disconnect_a_watcher() {
+    let mut c = cfg(1);
+    c.core.presence_events_max = 32;
+    c.core.presence_interval_ms = 50;
+    c.core.outbox_limit = 131_072;
+    // Small socket buffers: a watcher that does not read stalls the server's sends soon.
+    c.socket_send_buffer = 4096;
+    let s = start(c);
+    let addr = s.local_addr();
+    let mut w = v3(addr, Role::Subscriber, String::new());
+    let a = w.subscribe_with(vec![SubscribeEntry {
+        topic: "room/9".into(),
+        resume: None,
+        conflate: true,
+        presence: true,
+    }]);
+    let id = a.entries[0].topic_id;
+    socket2::SockRef::from(&w.stream)
+        .set_recv_buffer_size(4096)
+        .unwrap();
+    // The watcher does not read while an anonymous client joins and leaves 10,000 times
+    // (40,000 MEMBER events, about 760 KB: six times the watcher's outbox limit).
+    let mut noisy = v3(addr, Role::Subscriber, String::new());
+    for i in 0..20_000u32 {
+        noisy.send(&Frame::Subscribe(Subscribe {
+            request_id: i,
+            entries: vec![SubscribeEntry {
+                topic: "room/9".into(),
+                resume: None,
+                conflate: true,
+                presence: false,
+            }],
+        }));
+        noisy.send(&Frame::Unsubscribe(Unsubscribe {
+            request_id: i,
+            topic_ids: vec![id],
+        }));
+        if i % 100 == 99 {
+            // The noisy client reads its own SUBACKs (else its own queue would close it).
+            let mut acks = 0;
+            while acks < 200 {
+                match noisy.next(T) {
+                    Some(Frame::SubAck(_)) => acks += 1,
+                    Some(_) => {}
+                    None => panic!("the noisy client was closed"),
+                }
+            }
+        }
+    }
+    noisy.send(&Frame::Ping { nonce: 5 });
+    loop {
+        match noisy.next(T) {
+            Some(Frame::Pong { nonce: 5 }) => break,
+            Some(_) => continue,
+            None => panic!("the noisy client was closed"),
+        }
+    }
+    // The watcher reads now: still connected, and the count is exact.
+    let t = std::time::Instant::now();
+    let mut members = None;
+    while members != Some(1) {
+        assert!(
+            t.elapsed() < T,
+            "no PRESENCE with the exact count (last {members:?})"
+        );
+        match w.next(T) {
+            Some(Frame::Presence { members: m, .. }) => members = Some(m),
+            Some(Frame::Member { .. }) => continue,
+            other => panic!("the watcher got {other:?}"),
+        }
+    }
+    // Still connected: a PING is answered.
+    w.send(&Frame::Ping { nonce: 77 });
+    loop {
+        match w.next(T) {
+            Some(Frame::Pong { nonce: 77 }) => break,
+            Some(Frame::Presence { .. } | Frame::Member { .. }) => continue,
+            other => panic!("the watcher was cut off by the flood: {other:?}"),
+        }
+    }
+    let dropped: u64 = s
+        .shard_stats()
+        .iter()
+        .map(|(c, _)| c.member_events_dropped)
+        .sum();
+    assert!(
+        dropped > 0,
+        "the flood never reached the watcher's limit: the test shows nothing"
+    );
+    eprintln!("member events dropped for the slow watcher: {dropped}");
+}

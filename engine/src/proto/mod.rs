@@ -287,6 +287,8 @@ pub struct CoreStats {
     pub tls_refused: u64,
     /// TLS connections (gauge).
     pub tls_connections: u64,
+    /// MEMBER events not queued because the watcher's queue was half full.
+    pub member_events_dropped: u64,
 }
 
 /// Something that happened, as the driver reports it.

@@ -101,11 +101,19 @@ impl Shard {
     }
 
     /// A MEMBER event: to this shard's presence subscribers of the topic.
+    /// Best effort: a watcher whose queue is already half full does not get it (counted), so
+    /// that a client joining and leaving in a loop cannot push other clients over their outbox
+    /// limit; the PRESENCE counts stay exact.
     pub(crate) fn deliver_member(&mut self, topic: u32, frame: Bytes) {
         if !self.watches.contains_key(&topic) {
             return;
         }
+        let room = self.cfg.outbox_limit / 2;
         for slot in self.presence_subscribers(topic) {
+            if self.outbox_bytes(slot) + frame.len() > room {
+                self.stats.member_events_dropped += 1;
+                continue;
+            }
             self.push_control(slot, frame.clone());
         }
     }
