@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Transports side by side: one `yorker serve --cores 1` (CPU 0, with a self-signed P-256
-# certificate) fans out bursts to N subscribers (CPU 1) over raw TCP, WebSocket and TLS
-# (user-space rustls), alternating in one run: server CPU per delivery and completion as
+# certificate) fans out bursts to N subscribers (CPU 1) over raw TCP, WebSocket, TLS
+# (user-space rustls) and wss, alternating in one run: server CPU per delivery and completion as
 # ratios to raw TCP.
 # Usage: scripts/bench-transports.sh            (N=15000, 30 bursts, two rounds)
 #        N=5000 ROUNDS=1 scripts/bench-transports.sh
@@ -28,7 +28,7 @@ trap 'kill $Y 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$CERT"' EXI
 for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.05; done
 BASE=150
 for round in $(seq 1 "$ROUNDS"); do
-  for proto in yorker ws tls; do
+  for proto in yorker ws tls wss; do
     BASE=$((BASE + 1))
     out=$(taskset -c 1 timeout 300 $B/yorker-sim bench --addr 127.0.0.1:$PORT --proto $proto --tls-ca "$CERT/cert.pem" --key bench \
           --subs "$N" --bursts 30 --size 64 --ramp 20000 --server-pid $Y --source-base $BASE --json)
@@ -42,11 +42,11 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 print("| transport | round | completion p50 ms | server CPU us/delivery | lost |")
 print("|---|---|---|---|---|")
 for r in rows:
-    name = {'yorker': 'raw TCP', 'ws': 'WebSocket', 'tls': 'TLS (rustls)'}[r['transport']]
+    name = {'yorker': 'raw TCP', 'ws': 'WebSocket', 'tls': 'TLS (rustls)', 'wss': 'wss (WebSocket over TLS)'}[r['transport']]
     print(f"| {name} | {r['round']} | {r['completion']['p50_ms']:.1f} | {r['server_cpu_us_per_delivery']:.2f} | {r['lost']} |")
 def mean(t, k):
     v = [r[k] if k != 'completion' else r['completion']['p50_ms'] for r in rows if r['transport'] == t]
     return sum(v) / len(v)
-for t, name in [('ws', 'WebSocket'), ('tls', 'TLS')]:
+for t, name in [('ws', 'WebSocket'), ('tls', 'TLS'), ('wss', 'wss')]:
     print(f"\n{name} / raw TCP (means): server CPU per delivery {mean(t,'server_cpu_us_per_delivery')/mean('yorker','server_cpu_us_per_delivery'):.2f}x, completion p50 {mean(t,'completion')/mean('yorker','completion'):.2f}x")
 PY

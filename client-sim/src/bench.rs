@@ -130,9 +130,9 @@ pub fn run(a: &BenchArgs) -> Result<i32, String> {
         Mode::Rate => (a.rate * a.duration) as usize,
     };
     let tls = match (a.proto, &a.tls_ca) {
-        (Proto::Tls, Some(ca)) => Some(crate::proto::tls::client_config(ca)?),
-        (Proto::Tls, None) => {
-            return Err("--proto tls needs --tls-ca (the engine's certificate)".into())
+        (Proto::Tls | Proto::Wss, Some(ca)) => Some(crate::proto::tls::client_config(ca)?),
+        (Proto::Tls | Proto::Wss, None) => {
+            return Err("--proto tls and wss need --tls-ca (the engine's certificate)".into())
         }
         _ => None,
     };

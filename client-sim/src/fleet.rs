@@ -560,7 +560,10 @@ impl Worker {
         c.generation = (c.generation + 1) & 0x00ff_ffff;
         c.state = State::Handshaking;
         c.parser = match tls {
-            Some(conn) => proto::Parser::Tls(Box::new(proto::tls::Parser::new(conn))),
+            Some(conn) => proto::Parser::Tls(Box::new(proto::tls::Parser::with(
+                conn,
+                self.cfg.proto == Proto::Wss,
+            ))),
             None => proto::Parser::new(self.cfg.proto),
         };
         c.connected_at = Instant::now();

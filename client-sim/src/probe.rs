@@ -159,7 +159,7 @@ impl Conn {
                 }
                 Ok(c)
             }
-            Proto::Mqtt | Proto::Ws | Proto::Tls => {
+            Proto::Mqtt | Proto::Ws | Proto::Tls | Proto::Wss => {
                 Err("the probe speaks yorker (TCP), Redis and NATS".into())
             }
         }

@@ -20,6 +20,8 @@ pub enum Proto {
     Ws,
     /// yorker over TLS (the engine's same port with --tls-cert; publishers still use TCP).
     Tls,
+    /// yorker over WebSocket over TLS (wss).
+    Wss,
     /// MQTT 3.1.1, QoS 0 (Mosquitto and other brokers).
     Mqtt,
     /// Core NATS.
@@ -51,8 +53,8 @@ impl Parser {
         match proto {
             Proto::Yorker => Parser::Yorker(yorker::Parser::default()),
             Proto::Ws => Parser::Ws(ws::Parser::default()),
-            // Replaced by the fleet with the session it opened (tls::Parser::new).
-            Proto::Tls => Parser::Yorker(yorker::Parser::default()),
+            // Replaced by the fleet with the session it opened (tls::Parser::with).
+            Proto::Tls | Proto::Wss => Parser::Yorker(yorker::Parser::default()),
             Proto::Mqtt => Parser::Mqtt(mqtt::Parser::default()),
             Proto::Nats => Parser::Nats(nats::Parser::default(), false),
             Proto::Redis => Parser::Redis(redis::Parser::default()),
@@ -102,7 +104,7 @@ pub fn handshake(
         Proto::Yorker => yorker::handshake(name, topics, conflate).to_vec(),
         // Encrypted by the connection's session before it is sent (tls::Parser::seal).
         Proto::Tls => yorker::handshake(name, topics, conflate).to_vec(),
-        Proto::Ws => {
+        Proto::Ws | Proto::Wss => {
             let mut b = ws::upgrade_request();
             b.extend(ws::masked(&yorker::handshake(name, topics, conflate)));
             b
@@ -130,7 +132,9 @@ pub fn handshake(
 pub fn keepalive(proto: Proto, heartbeat_ms: u64, nonce: u64) -> Option<(Vec<u8>, u64)> {
     match proto {
         Proto::Yorker => Some((yorker::ping(nonce).to_vec(), (heartbeat_ms / 3).max(50))),
-        Proto::Ws => Some((ws::masked(&yorker::ping(nonce)), (heartbeat_ms / 3).max(50))),
+        Proto::Ws | Proto::Wss => {
+            Some((ws::masked(&yorker::ping(nonce)), (heartbeat_ms / 3).max(50)))
+        }
         Proto::Tls => Some((yorker::ping(nonce).to_vec(), (heartbeat_ms / 3).max(50))),
         Proto::Mqtt => Some((mqtt::pingreq(), 20_000)),
         Proto::Nats | Proto::Redis => None,

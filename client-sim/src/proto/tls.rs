@@ -42,20 +42,36 @@ pub fn handshake(
     Ok(conn)
 }
 
-/// A TLS connection's session and the yorker parser behind it.
+/// A TLS connection's session and the parser of what it carries (yorker frames, or a
+/// WebSocket for wss).
 #[derive(Debug)]
 pub struct Parser {
     conn: ClientConnection,
-    inner: yorker::Parser,
+    inner: Inner,
     plain: Vec<u8>,
 }
 
+#[derive(Debug)]
+enum Inner {
+    Yorker(yorker::Parser),
+    Ws(super::ws::Parser),
+}
+
 impl Parser {
-    /// Wraps an established session.
+    /// Wraps an established session carrying yorker frames.
     pub fn new(conn: ClientConnection) -> Parser {
+        Parser::with(conn, false)
+    }
+
+    /// Wraps an established session carrying yorker frames, or a WebSocket (`ws`).
+    pub fn with(conn: ClientConnection, ws: bool) -> Parser {
         Parser {
             conn,
-            inner: yorker::Parser::default(),
+            inner: if ws {
+                Inner::Ws(super::ws::Parser::default())
+            } else {
+                Inner::Yorker(yorker::Parser::default())
+            },
             plain: vec![0u8; 64 * 1024],
         }
     }
@@ -90,7 +106,10 @@ impl Parser {
                     Ok(0) => break,
                     Ok(n) => {
                         let chunk = self.plain[..n].to_vec();
-                        self.inner.feed(&chunk, on)?;
+                        match &mut self.inner {
+                            Inner::Yorker(p) => p.feed(&chunk, on)?,
+                            Inner::Ws(p) => p.feed(&chunk, on)?,
+                        }
                     }
                     Err(_) => break,
                 }
