@@ -553,37 +553,15 @@ impl Shard {
             // An HTTP client that never finished its upgrade: no yorker frame to send it.
             return self.abort(slot);
         }
-        let drain = self.cfg.drain_ms;
-        let Some(c) = self.conn_mut(slot) else {
-            return;
-        };
-        if matches!(c.phase, Phase::Draining { .. }) {
-            return;
-        }
         let f = yorker_wire::Frame::Error(yorker_wire::ErrorFrame {
             code: code as u16,
             message: message.chars().take(200).collect(),
         })
         .to_bytes()
         .expect("short error encodes");
-        self.retire_backend(slot);
-        let Some(c) = self.conn_mut(slot) else {
-            return;
-        };
-        // What was queued no longer matters: the connection is ending.
-        let cleared = c.outbox.clear();
-        c.outbox.push_final(f.clone());
-        c.phase = Phase::Draining {
-            deadline_ms: now.ms + drain,
-        };
-        self.total_outbox = self.total_outbox - cleared + f.len();
-        self.ws_close_after_final(slot);
-        self.stats.errors_sent += 1;
-        self.drop_subscriptions(slot);
-        self.drop_pending(slot);
-        self.mark_ready(slot);
-        self.schedule(slot, now);
-        self.close_if_flushed(slot);
+        if self.end_with(slot, f, false, now) {
+            self.stats.errors_sent += 1;
+        }
     }
 
     /// Turns a connection away: GOAWAY with `code` and a jittered retry hint, then close once
@@ -591,29 +569,47 @@ impl Shard {
     pub(crate) fn refuse(&mut self, slot: u32, code: ErrorCode, message: &str, now: Now) {
         let after = self.retry_hint();
         let f = goaway_frame(code, after, message);
+        self.end_with(slot, f, false, now);
+    }
+
+    /// Ends a connection with `f` as its last frame: what was queued goes, `f` goes first, then
+    /// the connection closes once flushed (or at the drain deadline). `raw`: `f` is transport
+    /// bytes (an HTTP answer, a WebSocket close or a TLS alert) sent as they are; otherwise it
+    /// is a yorker frame (ERROR, GOAWAY), followed on a WebSocket by a close frame. False when
+    /// the connection was already ending.
+    pub(crate) fn end_with(&mut self, slot: u32, f: Bytes, raw: bool, now: Now) -> bool {
         let drain = self.cfg.drain_ms;
-        let Some(c) = self.conn_mut(slot) else {
-            return;
-        };
-        if matches!(c.phase, Phase::Draining { .. }) {
-            return;
+        if self
+            .conn(slot)
+            .is_none_or(|c| matches!(c.phase, Phase::Draining { .. }))
+        {
+            return false;
         }
         self.retire_backend(slot);
         let Some(c) = self.conn_mut(slot) else {
-            return;
+            return false;
         };
+        // What was queued no longer matters: the connection is ending.
         let cleared = c.outbox.clear();
-        c.outbox.push_final(f.clone());
+        let len = f.len();
+        if raw {
+            c.outbox.push_raw_last(f);
+        } else {
+            c.outbox.push_final(f);
+        }
         c.phase = Phase::Draining {
             deadline_ms: now.ms + drain,
         };
-        self.total_outbox = self.total_outbox - cleared + f.len();
-        self.ws_close_after_final(slot);
+        self.total_outbox = self.total_outbox - cleared + len;
+        if !raw {
+            self.ws_close_after_final(slot);
+        }
         self.drop_subscriptions(slot);
         self.drop_pending(slot);
         self.mark_ready(slot);
         self.schedule(slot, now);
         self.close_if_flushed(slot);
+        true
     }
 
     /// GOAWAY after what is queued, then close once flushed (or at the drain deadline).

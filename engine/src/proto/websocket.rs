@@ -155,26 +155,7 @@ impl Shard {
 
     /// Ends the connection with these transport bytes as its last.
     pub(crate) fn finish_raw(&mut self, slot: u32, b: Bytes, now: Now) {
-        self.retire_backend(slot);
-        let drain = self.cfg.drain_ms;
-        let Some(c) = live_mut(&mut self.slots, slot) else {
-            return;
-        };
-        if matches!(c.phase, Phase::Draining { .. }) {
-            return;
-        }
-        let cleared = c.outbox.clear();
-        let len = b.len();
-        c.outbox.push_raw_last(b);
-        c.phase = Phase::Draining {
-            deadline_ms: now.ms + drain,
-        };
-        self.total_outbox = self.total_outbox - cleared + len;
-        self.drop_subscriptions(slot);
-        self.drop_pending(slot);
-        self.mark_ready(slot);
-        self.schedule(slot, now);
-        self.close_if_flushed(slot);
+        self.end_with(slot, b, true, now);
     }
 
     /// After a final yorker frame (ERROR, GOAWAY) on a WebSocket connection: a close frame too.
