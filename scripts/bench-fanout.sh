@@ -16,6 +16,7 @@
 # Output: bench-results/fanout-<stamp>.jsonl, .md (table with ratios) and PNG plots.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/wait-port.sh
 STAMP=$(date -u +%Y%m%d-%H%M%S)
 OUT=bench-results
 [ "${QUICK:-0}" = 1 ] && OUT=${TMPDIR:-/tmp}/yorker-bench-quick
@@ -71,7 +72,7 @@ start_server() { # name port -> sets SERVER_PID
     redis) $pin redis-server --port "$port" --bind 127.0.0.1 --protected-mode no --save '' --appendonly no --maxclients 19000 >"$WORK/server.log" 2>&1 & ;;
   esac
   SERVER_PID=$!
-  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && return 0; sleep 0.05; done
+  wait_port "$port" && return 0
   echo "$name did not start:"; cat "$WORK/server.log"; return 1
 }
 proto_of() { case $1 in mosquitto) echo mqtt;; nats) echo nats;; redis) echo redis;; *) echo yorker;; esac; }

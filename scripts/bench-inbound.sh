@@ -18,6 +18,7 @@
 # Output: bench-results/inbound-<stamp>.jsonl and a table on stdout (.md next to it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/wait-port.sh
 STAMP=$(date -u +%Y%m%d-%H%M%S)
 OUT=bench-results
 mkdir -p "$OUT"
@@ -64,7 +65,7 @@ start_server() { # name port
     redis) $pin redis-server --port "$port" --bind 127.0.0.1 --protected-mode no --save '' --appendonly no --maxclients 19000 >"$WORK/server.log" 2>&1 & ;;
   esac
   SERVER_PID=$!
-  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && return 0; sleep 0.05; done
+  wait_port "$port" && return 0
   echo "$name did not start:"; cat "$WORK/server.log"; return 1
 }
 stop_server() { kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""; }

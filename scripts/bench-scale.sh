@@ -9,6 +9,7 @@
 # Output: bench-results/scale-<stamp>.jsonl and a table (.md next to it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/wait-port.sh
 N=${N:-15000}
 THREADS=${THREADS:-1}
 BURSTS=${BURSTS:-30}
@@ -31,7 +32,7 @@ for cores in $CORES_LIST; do
   taskset -c "$server_cpus" $B/yorker serve --listen 127.0.0.1:$PORT --cores "$cores" --publisher-key bench \
     --max-conns-per-core 1000000 --stats-interval 0 2>/dev/null &
   Y=$!
-  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.05; done
+  wait_port "$PORT"
   rss0=$(awk '/^VmRSS/ {print $2}' /proc/$Y/status)
   t0=$(date +%s.%N)
   out=$(taskset -c "$client_cpus" timeout 900 $B/yorker-sim bench --addr 127.0.0.1:$PORT --key bench --subs "$N" \

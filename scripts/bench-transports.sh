@@ -8,6 +8,7 @@
 # Output: bench-results/transports-<stamp>.jsonl and a table on stdout (.md next to it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/wait-port.sh
 N=${N:-15000}
 ROUNDS=${ROUNDS:-2}
 STAMP=$(date -u +%Y%m%d-%H%M%S)
@@ -25,7 +26,7 @@ taskset -c 0 $B/yorker serve --listen 127.0.0.1:$PORT --cores 1 --publisher-key 
   --max-conns-per-core 19000 --stats-interval 0 2>/dev/null &
 Y=$!
 trap 'kill $Y 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$CERT"' EXIT
-for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.05; done
+wait_port "$PORT"
 BASE=150
 for round in $(seq 1 "$ROUNDS"); do
   for proto in yorker ws tls wss; do

@@ -1,7 +1,7 @@
 # Shared by the measuring scripts (capacity.sh, rss-per-conn.sh, soak.sh); source it from the
 # repository root. It builds the release binaries, keeps a log file for the engine's stderr
 # ($LOG), stops every process recorded in $pids on exit, and has the bounded waits and the RSS
-# reading those scripts share.
+# reading those scripts share (wait_port comes from wait-port.sh).
 LOG=$(mktemp)
 pids=()
 cleanup() {
@@ -10,6 +10,7 @@ cleanup() {
   rm -f "$LOG"
 }
 trap cleanup EXIT
+. scripts/lib/wait-port.sh
 cargo build --release -q -p yorker -p yorker-sim
 
 # RSS of process $1 in kB.
@@ -25,12 +26,5 @@ wait_subs() {
   done
   echo "timed out waiting for $1 subscriptions (last: ${subs:-0})" >&2
   tail -5 "$LOG" >&2
-  return 1
-}
-
-# Waits (at most 5 s) until something accepts TCP connections on 127.0.0.1:$1.
-wait_port() {
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
-  echo "nothing listens on 127.0.0.1:$1" >&2
   return 1
 }
