@@ -129,13 +129,15 @@ pub fn run(a: &BenchArgs) -> Result<i32, String> {
         Mode::Burst => a.bursts,
         Mode::Rate => (a.rate * a.duration) as usize,
     };
-    let tls = match (a.proto, &a.tls_ca) {
-        (Proto::Tls | Proto::Wss, Some(ca)) => Some(crate::proto::tls::client_config(ca)?),
-        (Proto::Tls | Proto::Wss, None) => {
-            return Err("--proto tls and wss need --tls-ca (the engine's certificate)".into())
-        }
-        _ => None,
-    };
+    let tls =
+        match (a.proto, &a.tls_ca) {
+            (p, Some(ca)) if p.tls() => Some(crate::proto::tls::client_config(ca)?),
+            (p, None) if p.tls() => return Err(
+                "--proto tls, wss, nats-tls and nats-wss need --tls-ca (the server's certificate)"
+                    .into(),
+            ),
+            _ => None,
+        };
     let fleet = Fleet::start(FleetConfig {
         addrs: a.addrs.clone(),
         conns: a.subs,

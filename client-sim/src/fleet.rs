@@ -562,7 +562,7 @@ impl Worker {
         c.parser = match tls {
             Some(conn) => proto::Parser::Tls(Box::new(proto::tls::Parser::with(
                 conn,
-                self.cfg.proto == Proto::Wss,
+                proto::Parser::new(self.cfg.proto),
             ))),
             None => proto::Parser::new(self.cfg.proto),
         };
@@ -584,7 +584,11 @@ impl Worker {
             &topics,
             self.cfg.conflate,
         );
-        let hs = Bytes::from(c.parser.seal(&hs));
+        let now = proto::sendable_before_upgrade(self.cfg.proto, &hs);
+        if now < hs.len() {
+            c.parser.send_after_upgrade(hs[now..].to_vec());
+        }
+        let hs = Bytes::from(c.parser.seal(&hs[..now]));
         let generation = c.generation;
         let slow = c.slow;
         self.shared.connected.fetch_add(1, Ordering::Relaxed);
@@ -618,6 +622,10 @@ impl Worker {
             Some(cfg) => {
                 s.set_read_timeout(Some(Duration::from_secs(5)))?;
                 let mut sock = &s;
+                if self.cfg.proto == Proto::NatsTls {
+                    // nats-server 2.9 sends its INFO in clear before the TLS handshake.
+                    proto::nats::read_info_line(&mut sock)?;
+                }
                 let conn = proto::tls::handshake(cfg, &mut sock)?;
                 s.set_read_timeout(None)?;
                 Some(conn)
@@ -771,13 +779,7 @@ impl Worker {
                 };
                 if let Some((r, mut scratch)) = parsed {
                     let now = unix_us();
-                    if let Some(reply) = self.conns[i].parser.take_reply() {
-                        let ud = UserData::new(Op::Send, i as u32, self.conns[i].generation).pack();
-                        if !self.ring.send_in_flight(i as u32) {
-                            self.ring
-                                .send(i as u32, ud, |f| f.push(Bytes::from_static(reply)))?;
-                        }
-                    }
+                    self.send_reply(i)?;
                     for e in scratch.drain(..) {
                         self.on_event(i, e, now)?;
                     }
@@ -826,11 +828,34 @@ impl Worker {
                 }
             }
             Op::Send => {
-                if let SendOutcome::Failed { .. } = self.ring.complete_send(ud.slot, c.result) {
+                match self.ring.complete_send(ud.slot, c.result) {
                     // The receive side notices the close.
+                    SendOutcome::Failed { .. } => {}
+                    // A reply that waited for this send (a PONG, a handshake held back until
+                    // the WebSocket upgrade) goes now.
+                    _ if !self.ring.send_in_flight(ud.slot) => self.send_reply(i)?,
+                    _ => {}
                 }
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// Sends what the connection's protocol owes the server now (see `Parser::take_reply`),
+    /// unless a send is in flight: then it stays pending until that send completes.
+    fn send_reply(&mut self, i: usize) -> std::io::Result<()> {
+        if self.ring.send_in_flight(i as u32) {
+            return Ok(());
+        }
+        let c = &mut self.conns[i];
+        if !matches!(c.state, State::Handshaking | State::Active) {
+            return Ok(());
+        }
+        if let Some(reply) = c.parser.take_reply() {
+            let ud = UserData::new(Op::Send, i as u32, c.generation).pack();
+            self.ring
+                .send(i as u32, ud, |f| f.push(Bytes::from(reply)))?;
         }
         Ok(())
     }

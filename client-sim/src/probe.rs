@@ -159,9 +159,13 @@ impl Conn {
                 }
                 Ok(c)
             }
-            Proto::Mqtt | Proto::Ws | Proto::Tls | Proto::Wss => {
-                Err("the probe speaks yorker (TCP), Redis and NATS".into())
-            }
+            Proto::Mqtt
+            | Proto::Ws
+            | Proto::Tls
+            | Proto::Wss
+            | Proto::NatsWs
+            | Proto::NatsTls
+            | Proto::NatsWss => Err("the probe speaks yorker (TCP), Redis and NATS".into()),
         }
     }
 

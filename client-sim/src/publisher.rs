@@ -44,11 +44,7 @@ impl Publisher {
         let s = TcpStream::connect(addr)?;
         s.set_nodelay(true)?;
         // Over WebSocket or TLS only the subscribers: the publisher uses the same port over TCP.
-        let proto = if matches!(proto, Proto::Ws | Proto::Tls | Proto::Wss) {
-            Proto::Yorker
-        } else {
-            proto
-        };
+        let proto = proto.base();
         if proto != Proto::Yorker {
             return Publisher::connect_peer(s, proto);
         }
@@ -152,7 +148,13 @@ impl Publisher {
     ) -> Result<(), PublishError> {
         self.buf.clear();
         match self.proto {
-            Proto::Yorker | Proto::Ws | Proto::Tls | Proto::Wss => {}
+            Proto::Yorker
+            | Proto::Ws
+            | Proto::Tls
+            | Proto::Wss
+            | Proto::NatsWs
+            | Proto::NatsTls
+            | Proto::NatsWss => {}
             Proto::Mqtt => return Ok(self.out.write_all(&mqtt::publish(topic, payload))?),
             Proto::Nats => return Ok(self.out.write_all(&nats::publish(topic, payload))?),
             Proto::Redis => return Ok(self.out.write_all(&redis::publish(topic, payload))?),

@@ -28,6 +28,41 @@ pub enum Proto {
     Nats,
     /// Redis pub/sub (RESP2).
     Redis,
+    /// Core NATS over WebSocket (nats-server's `websocket` listener, no TLS; publishers use
+    /// the plain client port).
+    NatsWs,
+    /// Core NATS over TLS (INFO in clear, then the TLS handshake, as nats-server 2.9 expects;
+    /// publishers use the same port in clear, `allow_non_tls`).
+    NatsTls,
+    /// Core NATS over WebSocket over TLS (nats-server's `websocket` listener with `tls`).
+    NatsWss,
+}
+
+impl Proto {
+    /// The protocol inside the transport: yorker for ws/tls/wss, NATS for the NATS variants.
+    pub fn base(self) -> Proto {
+        match self {
+            Proto::Ws | Proto::Tls | Proto::Wss => Proto::Yorker,
+            Proto::NatsWs | Proto::NatsTls | Proto::NatsWss => Proto::Nats,
+            p => p,
+        }
+    }
+
+    /// Whether subscribers run TLS (and need `--tls-ca`).
+    pub fn tls(self) -> bool {
+        matches!(
+            self,
+            Proto::Tls | Proto::Wss | Proto::NatsTls | Proto::NatsWss
+        )
+    }
+
+    /// Whether subscribers speak WebSocket (inside TLS for the wss variants).
+    pub fn websocket(self) -> bool {
+        matches!(
+            self,
+            Proto::Ws | Proto::Wss | Proto::NatsWs | Proto::NatsWss
+        )
+    }
 }
 
 /// A subscriber connection's stream parser, for any protocol.
@@ -41,23 +76,27 @@ pub enum Parser {
     Nats(nats::Parser, bool),
     /// Redis.
     Redis(redis::Parser),
-    /// yorker over WebSocket.
-    Ws(ws::Parser),
-    /// yorker over TLS.
+    /// A WebSocket around another parser (yorker or NATS).
+    Ws(Box<ws::Parser>),
+    /// A TLS session around another parser (plain or WebSocket).
     Tls(Box<tls::Parser>),
 }
 
 impl Parser {
     /// A fresh parser for `proto`.
+    /// For the TLS variants this is the parser of what the session carries; the fleet wraps
+    /// it in the session it opened ([`tls::Parser::with`]).
     pub fn new(proto: Proto) -> Parser {
-        match proto {
-            Proto::Yorker => Parser::Yorker(yorker::Parser::default()),
-            Proto::Ws => Parser::Ws(ws::Parser::default()),
-            // Replaced by the fleet with the session it opened (tls::Parser::with).
-            Proto::Tls | Proto::Wss => Parser::Yorker(yorker::Parser::default()),
+        let inner = match proto.base() {
             Proto::Mqtt => Parser::Mqtt(mqtt::Parser::default()),
             Proto::Nats => Parser::Nats(nats::Parser::default(), false),
             Proto::Redis => Parser::Redis(redis::Parser::default()),
+            _ => Parser::Yorker(yorker::Parser::default()),
+        };
+        if proto.websocket() {
+            Parser::Ws(Box::new(ws::Parser::new(inner)))
+        } else {
+            inner
         }
     }
 
@@ -81,12 +120,38 @@ impl Parser {
         }
     }
 
-    /// Bytes the protocol requires us to send back now (NATS: PONG to a server PING).
-    pub fn take_reply(&mut self) -> Option<&'static [u8]> {
+    /// Holds `wire` (masked WebSocket frames) until the upgrade is answered; then
+    /// [`Parser::take_reply`] hands it out.
+    pub fn send_after_upgrade(&mut self, wire: Vec<u8>) {
+        match self {
+            Parser::Ws(p) => p.deferred = Some(wire),
+            Parser::Tls(p) => p.inner.send_after_upgrade(wire),
+            _ => {}
+        }
+    }
+
+    /// Bytes the protocol requires us to send back now (NATS: PONG to a server PING), as
+    /// they go on the wire (masked inside a WebSocket, sealed inside TLS).
+    pub fn take_reply(&mut self) -> Option<Vec<u8>> {
         match self {
             Parser::Nats(_, pinged) if *pinged => {
                 *pinged = false;
-                Some(nats::PONG)
+                Some(nats::PONG.to_vec())
+            }
+            Parser::Ws(p) => {
+                let mut out = if p.upgraded() {
+                    p.deferred.take().unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                if let Some(r) = p.inner.take_reply() {
+                    out.extend(ws::masked(&r));
+                }
+                (!out.is_empty()).then_some(out)
+            }
+            Parser::Tls(p) => {
+                let r = p.inner.take_reply()?;
+                Some(p.seal(&r))
             }
             _ => None,
         }
@@ -100,15 +165,10 @@ pub fn handshake(
     topics: &[(String, Option<ResumeFrom>)],
     conflate: bool,
 ) -> Vec<u8> {
-    match proto {
+    // Inside TLS these bytes are encrypted by the connection's session before they are sent
+    // (tls::Parser::seal).
+    let inner = match proto.base() {
         Proto::Yorker => yorker::handshake(name, topics, conflate).to_vec(),
-        // Encrypted by the connection's session before it is sent (tls::Parser::seal).
-        Proto::Tls => yorker::handshake(name, topics, conflate).to_vec(),
-        Proto::Ws | Proto::Wss => {
-            let mut b = ws::upgrade_request();
-            b.extend(ws::masked(&yorker::handshake(name, topics, conflate)));
-            b
-        }
         Proto::Mqtt => {
             let mut b = mqtt::connect(name, 60);
             for (i, (t, _)) in topics.iter().enumerate() {
@@ -121,24 +181,48 @@ pub fn handshake(
             .enumerate()
             .flat_map(|(i, (t, _))| nats::handshake(t, i as u64 + 1))
             .collect(),
-        Proto::Redis => topics
+        _ => topics
             .iter()
             .flat_map(|(t, _)| redis::subscribe(t))
             .collect(),
+    };
+    if proto.websocket() {
+        let sub = (proto.base() == Proto::Yorker).then_some("yorker");
+        let mut b = ws::upgrade_request(sub);
+        b.extend(ws::masked(&inner));
+        b
+    } else {
+        inner
+    }
+}
+
+/// How many bytes at the front of [`handshake`]'s output may go before the WebSocket upgrade
+/// is answered: all of them, except for NATS, whose server refuses data sent before its 101
+/// (the rest is handed to [`Parser::send_after_upgrade`]).
+pub fn sendable_before_upgrade(proto: Proto, handshake: &[u8]) -> usize {
+    if proto.websocket() && proto.base() == Proto::Nats {
+        handshake
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(handshake.len(), |p| p + 4)
+    } else {
+        handshake.len()
     }
 }
 
 /// A keep-alive to send periodically, and how often (ms), if the protocol needs one.
 pub fn keepalive(proto: Proto, heartbeat_ms: u64, nonce: u64) -> Option<(Vec<u8>, u64)> {
-    match proto {
-        Proto::Yorker => Some((yorker::ping(nonce).to_vec(), (heartbeat_ms / 3).max(50))),
-        Proto::Ws | Proto::Wss => {
-            Some((ws::masked(&yorker::ping(nonce)), (heartbeat_ms / 3).max(50)))
-        }
-        Proto::Tls => Some((yorker::ping(nonce).to_vec(), (heartbeat_ms / 3).max(50))),
-        Proto::Mqtt => Some((mqtt::pingreq(), 20_000)),
-        Proto::Nats | Proto::Redis => None,
-    }
+    let (ping, every) = match proto.base() {
+        Proto::Yorker => (yorker::ping(nonce).to_vec(), (heartbeat_ms / 3).max(50)),
+        Proto::Mqtt => (mqtt::pingreq(), 20_000),
+        _ => return None,
+    };
+    // Inside TLS the fleet seals it per connection.
+    Some(if proto.websocket() {
+        (ws::masked(&ping), every)
+    } else {
+        (ping, every)
+    })
 }
 
 /// Something a subscriber connection received.
@@ -214,3 +298,29 @@ pub(crate) fn feed_buffered(
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("protocol error: {0}")]
 pub struct ParseError(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// nats-server refuses data sent before its 101: the NATS handshake waits for the upgrade,
+    /// and server PINGs inside WebSocket messages are answered with masked PONGs.
+    #[test]
+    fn nats_over_websocket_holds_its_handshake_until_the_upgrade() {
+        let hs = handshake(Proto::NatsWs, "c", &[("t".into(), None)], true);
+        let now = sendable_before_upgrade(Proto::NatsWs, &hs);
+        assert!(hs[..now].starts_with(b"GET / HTTP/1.1") && hs[..now].ends_with(b"\r\n\r\n"));
+        assert_eq!(sendable_before_upgrade(Proto::Ws, &hs), hs.len());
+        let mut p = Parser::new(Proto::NatsWs);
+        p.send_after_upgrade(hs[now..].to_vec());
+        assert!(p.take_reply().is_none(), "nothing goes before the 101");
+        p.feed(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", &mut |_| {})
+            .unwrap();
+        assert_eq!(p.take_reply().as_deref(), Some(&hs[now..]));
+        assert!(p.take_reply().is_none());
+        let mut msg = vec![0x82, 6];
+        msg.extend_from_slice(b"PING\r\n");
+        p.feed(&msg, &mut |_| {}).unwrap();
+        assert_eq!(p.take_reply(), Some(ws::masked(b"PONG\r\n")));
+    }
+}

@@ -21,6 +21,24 @@ pub fn publish(subject: &str, payload: &[u8]) -> Vec<u8> {
     b
 }
 
+/// Reads the server's first line (INFO) from a blocking socket, byte by byte so that nothing
+/// after it is consumed: nats-server 2.9 sends it in clear before a TLS handshake.
+pub fn read_info_line(sock: &mut impl std::io::Read) -> std::io::Result<()> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        if line.len() > MAX_LINE {
+            return Err(std::io::Error::other("NATS INFO line too long"));
+        }
+        sock.read_exact(&mut b)?;
+        line.push(b[0]);
+    }
+    if !line.starts_with(b"INFO ") {
+        return Err(std::io::Error::other("the server did not start with INFO"));
+    }
+    Ok(())
+}
+
 /// What the server asks the client to send back (NATS pings clients and expects PONG).
 pub const PONG: &[u8] = b"PONG\r\n";
 

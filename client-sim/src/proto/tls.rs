@@ -1,6 +1,7 @@
-//! yorker over TLS for the load generator: the handshake runs blocking when the connection is
-//! dialled (before the socket goes to the ring); afterwards received records are decrypted
-//! into the yorker parser, and what the client sends is sealed by its session.
+//! TLS for the load generator: the handshake runs blocking when the connection is dialled
+//! (before the socket goes to the ring); afterwards received records are decrypted into the
+//! parser of what the session carries (yorker, NATS, or a WebSocket around either), and what
+//! the client sends is sealed by its session.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use rustls::pki_types::ServerName;
 use rustls::ClientConnection;
 
-use super::{yorker, Event, ParseError};
+use super::{Event, ParseError};
 
 /// A client configuration trusting the certificates in `ca` (PEM).
 pub fn client_config(ca: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
@@ -42,36 +43,21 @@ pub fn handshake(
     Ok(conn)
 }
 
-/// A TLS connection's session and the parser of what it carries (yorker frames, or a
-/// WebSocket for wss).
+/// A TLS connection's session and the parser of what it carries.
 #[derive(Debug)]
 pub struct Parser {
     conn: ClientConnection,
-    inner: Inner,
+    /// The parser of the decrypted stream.
+    pub(crate) inner: super::Parser,
     plain: Vec<u8>,
 }
 
-#[derive(Debug)]
-enum Inner {
-    Yorker(yorker::Parser),
-    Ws(super::ws::Parser),
-}
-
 impl Parser {
-    /// Wraps an established session carrying yorker frames.
-    pub fn new(conn: ClientConnection) -> Parser {
-        Parser::with(conn, false)
-    }
-
-    /// Wraps an established session carrying yorker frames, or a WebSocket (`ws`).
-    pub fn with(conn: ClientConnection, ws: bool) -> Parser {
+    /// Wraps an established session carrying what `inner` parses.
+    pub fn with(conn: ClientConnection, inner: super::Parser) -> Parser {
         Parser {
             conn,
-            inner: if ws {
-                Inner::Ws(super::ws::Parser::default())
-            } else {
-                Inner::Yorker(yorker::Parser::default())
-            },
+            inner,
             plain: vec![0u8; 64 * 1024],
         }
     }
@@ -88,7 +74,7 @@ impl Parser {
         out
     }
 
-    /// Feeds received records, calling `on` for every yorker frame.
+    /// Feeds received records, calling `on` for every message of the inner protocol.
     pub fn feed(
         &mut self,
         mut data: &[u8],
@@ -106,10 +92,7 @@ impl Parser {
                     Ok(0) => break,
                     Ok(n) => {
                         let chunk = self.plain[..n].to_vec();
-                        match &mut self.inner {
-                            Inner::Yorker(p) => p.feed(&chunk, on)?,
-                            Inner::Ws(p) => p.feed(&chunk, on)?,
-                        }
+                        self.inner.feed(&chunk, on)?;
                     }
                     Err(_) => break,
                 }

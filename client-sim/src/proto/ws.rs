@@ -1,14 +1,20 @@
-//! yorker over WebSocket for the load generator: the HTTP upgrade, masked client frames
-//! around the yorker stream, and the server's binary messages (one yorker frame each) unwrapped
-//! into the yorker parser.
+//! A WebSocket for the load generator: the HTTP upgrade, masked client frames around the
+//! protocol's stream (yorker, or NATS for a peer), and the server's data messages unwrapped
+//! into that protocol's parser.
 
 use yorker_wire::websocket::{masked_frame, opcode};
 
-use super::{yorker, Event, ParseError};
+use super::{Event, ParseError};
 
-/// The upgrade request (key: RFC 6455's example; the server checks its form, not its value).
-pub fn upgrade_request() -> Vec<u8> {
-    b"GET / HTTP/1.1\r\nHost: yorker\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: yorker\r\n\r\n".to_vec()
+/// The upgrade request (key: RFC 6455's example; the server checks its form, not its value),
+/// asking for `subprotocol` when given.
+pub fn upgrade_request(subprotocol: Option<&str>) -> Vec<u8> {
+    let mut r = "GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n".to_string();
+    if let Some(p) = subprotocol {
+        r.push_str(&format!("Sec-WebSocket-Protocol: {p}\r\n"));
+    }
+    r.push_str("\r\n");
+    r.into_bytes()
 }
 
 /// `payload` (yorker frames) as one masked binary message.
@@ -16,17 +22,34 @@ pub fn masked(payload: &[u8]) -> Vec<u8> {
     masked_frame(true, opcode::BINARY, payload, [0x5a, 0xa5, 0x3c, 0xc3])
 }
 
-/// Incremental parser: the 101 answer, then server frames whose payloads feed the yorker
-/// parser.
-#[derive(Debug, Default)]
+/// Incremental parser: the 101 answer, then server frames whose payloads feed `inner`.
+#[derive(Debug)]
 pub struct Parser {
     upgraded: bool,
     partial: Vec<u8>,
-    inner: yorker::Parser,
+    /// The parser of the stream the messages carry.
+    pub(crate) inner: super::Parser,
+    /// Frames to send once the upgrade is answered.
+    pub(crate) deferred: Option<Vec<u8>>,
 }
 
 impl Parser {
-    /// Feeds received bytes, calling `on` for every yorker frame.
+    /// A parser of a WebSocket carrying what `inner` parses.
+    pub fn new(inner: super::Parser) -> Parser {
+        Parser {
+            upgraded: false,
+            partial: Vec::new(),
+            inner,
+            deferred: None,
+        }
+    }
+
+    /// Whether the server answered the upgrade with 101.
+    pub fn upgraded(&self) -> bool {
+        self.upgraded
+    }
+
+    /// Feeds received bytes, calling `on` for every message of the inner protocol.
     pub fn feed(&mut self, data: &[u8], on: &mut dyn FnMut(Event<'_>)) -> Result<(), ParseError> {
         let inner = &mut self.inner;
         let upgraded = &mut self.upgraded;
@@ -63,7 +86,7 @@ impl Parser {
                 if rest.len() < hl + len {
                     return Ok(at);
                 }
-                if op == opcode::BINARY {
+                if op == opcode::BINARY || op == opcode::TEXT || op == opcode::CONTINUATION {
                     inner.feed(&rest[hl..hl + len], on)?;
                 } else if op == opcode::CLOSE {
                     on(Event::Other);
