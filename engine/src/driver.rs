@@ -18,6 +18,7 @@ use bytes::Bytes;
 use yorker_uring::{Completion, Op, Ring, RingConfig, SendOutcome, UserData};
 
 use crate::bus::{Inbox, ShardBus};
+use crate::proto::placement::Placement;
 use crate::proto::{Input, Now, Output, Shard, Token};
 use crate::stats::SharedStats;
 
@@ -48,6 +49,20 @@ pub struct ShardSetup {
     pub sends_per_round: usize,
     /// Deliveries queued from the bus at most between two reaps (at least one update).
     pub deliveries_per_round: u64,
+    /// Every shard's load and ring: connections accepted over the cap move to a shard with
+    /// room through it.
+    pub placement: Arc<Placement>,
+}
+
+/// While alive, tells the placement that this shard's ring takes connections; withdraws it
+/// before the ring closes (a normal exit or a panic), so no hand-off targets a ring that is
+/// gone.
+struct RingListed<'a>(&'a Placement, usize);
+
+impl Drop for RingListed<'_> {
+    fn drop(&mut self) {
+        self.0.set_ring(self.1, -1);
+    }
 }
 
 /// Clock reads for the shard.
@@ -109,6 +124,8 @@ pub fn run(
         let _ = started.send(Err(e));
         return Ok(());
     }
+    setup.placement.set_ring(setup.id, ring.ring_fd());
+    let _listed = RingListed(&setup.placement, setup.id);
     let _ = started.send(Ok(()));
     tracing::info!(cpu = ?setup.cpu, slots = setup.ring.files, "shard up");
     let fault = fault_hook(setup.id);
@@ -176,7 +193,7 @@ pub fn run(
         }
         // What the shard decided, then at most `sends_per_round` gathered sends: all submitted
         // together by the next enter.
-        apply_outputs(&mut ring, &mut shard, &registry, &setup.bus, t)?;
+        apply_outputs(&mut ring, &mut shard, &registry, &setup, t)?;
         if drained > 0 && burst.is_none() {
             burst = Some((fanout_start, None));
         }
@@ -261,7 +278,7 @@ pub fn run(
                     }
                     // A PUBLISH takes effect before the next input is read, so what a client
                     // sends later (on any connection) sees it, as it would on a single core.
-                    apply_outputs(&mut ring, &mut shard, &registry, &setup.bus, t)?;
+                    apply_outputs(&mut ring, &mut shard, &registry, &setup, t)?;
                     if !c.more() {
                         shard.handle(Input::RecvEnded(tok, c.result), t);
                     }
@@ -272,6 +289,17 @@ pub fn run(
                     SendOutcome::Resubmitted { .. } | SendOutcome::Unknown => {}
                 },
                 Op::Close => shard.handle(Input::Closed(token(u)), t),
+                Op::HandOff => shard.handle(Input::HandedOff(token(u), c.result >= 0), t),
+                Op::HandedIn => {
+                    if c.result >= 0 {
+                        shard.handle(
+                            Input::HandedIn {
+                                slot: c.result as u32,
+                            },
+                            t,
+                        );
+                    }
+                }
                 Op::Doorbell => {
                     ring.doorbell_fired();
                     ring.arm_doorbell(setup.inbox.bell(), bell_ud)?;
@@ -303,15 +331,25 @@ fn apply_outputs(
     ring: &mut Ring,
     shard: &mut Shard,
     registry: &crate::proto::registry::Registry,
-    bus: &ShardBus,
+    setup: &ShardSetup,
     t: Now,
 ) -> io::Result<()> {
+    let bus: &ShardBus = &setup.bus;
     while let Some(o) = shard.poll_output() {
         match o {
             Output::ArmRecv(tok) => ring.recv_multi(tok.slot, ud(Op::Recv, tok))?,
             Output::CancelRecv(tok) => ring.cancel(ud(Op::Recv, tok), ud(Op::Cancel, tok))?,
             Output::CancelSend(tok) => ring.cancel(ud(Op::Send, tok), ud(Op::Cancel, tok))?,
             Output::Close(tok) => ring.close(tok.slot, ud(Op::Close, tok))?,
+            Output::HandOff { token: tok, to } => match setup.placement.ring(to) {
+                Some(fd) => ring.send_fixed_to_ring(
+                    fd,
+                    tok.slot,
+                    UserData::new(Op::HandedIn, 0, 0).pack(),
+                    ud(Op::HandOff, tok),
+                )?,
+                None => shard.handle(Input::HandedOff(tok, false), t),
+            },
             Output::Publish(p) => {
                 let skip = p.skip;
                 let (seq, _) = registry.publish_once(

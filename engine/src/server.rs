@@ -23,8 +23,12 @@ use crate::stats::{self, SharedStats};
 pub struct ServerConfig {
     /// Address to listen on (port 0: pick a free one).
     pub listen: SocketAddr,
-    /// Number of shards.
+    /// Number of cores (one shard each, or several: see `multi_ring`).
     pub cores: usize,
+    /// When `core.max_connections` exceeds what one ring's direct-descriptor table holds
+    /// (RLIMIT_NOFILE): run several rings (shard threads pinned to the core) so that the cap
+    /// holds; `false` lowers the cap to one ring's table instead.
+    pub multi_ring: bool,
     /// CPUs to pin shard `i` to (`cpus[i % len]`); empty: the CPUs the process may use.
     pub cpus: Vec<usize>,
     /// Per-shard core settings (`max_connections` is per shard).
@@ -60,6 +64,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: "127.0.0.1:7000".parse().expect("valid"),
             cores: 1,
+            multi_ring: false,
             cpus: Vec::new(),
             core: CoreConfig::default(),
             registry: RegistryLimits::default(),
@@ -412,6 +417,49 @@ fn listener(addr: SocketAddr, backlog: i32, sndbuf: usize) -> io::Result<Socket>
     Ok(s)
 }
 
+/// Shards at most: a session id names its shard in 8 bits.
+const MAX_SHARDS: u64 = 256;
+
+/// How a server's connections map onto rings. One ring's direct-descriptor table holds at most
+/// RLIMIT_NOFILE slots (the kernel's rule for registered files), so a core whose
+/// `--max-conns-per-core` needs more runs several rings, each driven by a shard thread pinned
+/// to that core: a node's connections are then bounded by memory and the cap, not by
+/// RLIMIT_NOFILE (direct descriptors use no file descriptor of the process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RingPlan {
+    /// Rings (shards) per core.
+    rings_per_core: u64,
+    /// Shards in all.
+    shards: usize,
+    /// Connections per shard.
+    per_shard: u64,
+    /// Slots of each ring's table (`per_shard` plus the reserve).
+    files: u32,
+}
+
+impl RingPlan {
+    /// `multi`: a cap beyond one ring's table runs several rings per core (otherwise the cap
+    /// is lowered to what one ring holds).
+    fn new(cores: usize, per_core: u64, nofile: u64, reserve: u64, multi: bool) -> RingPlan {
+        let cores = cores.max(1) as u64;
+        let table = nofile.saturating_sub(16).max(reserve + 1);
+        let per_ring = table - reserve;
+        let most = if multi {
+            (MAX_SHARDS / cores).max(1)
+        } else {
+            1
+        };
+        let rings_per_core = per_core.div_ceil(per_ring).clamp(1, most);
+        let per_shard = per_core.div_ceil(rings_per_core).min(per_ring).max(1);
+        RingPlan {
+            rings_per_core,
+            shards: (cores * rings_per_core) as usize,
+            per_shard,
+            files: (per_shard + reserve) as u32,
+        }
+    }
+}
+
 impl Server {
     /// Binds, starts every shard, and returns once all of them are accepting.
     pub fn start(cfg: ServerConfig) -> Result<Server, StartError> {
@@ -420,18 +468,35 @@ impl Server {
         // A few slots beyond the cap let the core answer server_full instead of the kernel
         // leaving connections stuck in the backlog with ENFILE.
         let reserve = 64u64;
-        let want = cfg.core.max_connections as u64 + reserve;
-        let files = want.min(nofile.saturating_sub(16)).max(reserve + 1) as u32;
+        let plan = RingPlan::new(
+            cfg.cores,
+            cfg.core.max_connections as u64,
+            nofile,
+            reserve,
+            cfg.multi_ring,
+        );
+        let files = plan.files;
         let mut core_cfg = cfg.core.clone();
-        core_cfg.max_connections = core_cfg
-            .max_connections
-            .min((files as u64 - reserve) as usize);
-        if core_cfg.max_connections < cfg.core.max_connections {
+        core_cfg.max_connections = plan.per_shard as usize;
+        if plan.rings_per_core > 1 {
             tracing::info!(
-                "--max-conns-per-core {} lowered to {} (RLIMIT_NOFILE {} caps each ring's direct-descriptor table)",
-                cfg.core.max_connections, core_cfg.max_connections, nofile
+                "--max-conns-per-core {} exceeds one ring's direct-descriptor table (RLIMIT_NOFILE {}): {} rings per core, {} connections each",
+                cfg.core.max_connections, nofile, plan.rings_per_core, plan.per_shard
             );
         }
+        if plan.per_shard * plan.rings_per_core < cfg.core.max_connections as u64 {
+            let why = if cfg.multi_ring {
+                format!("at most {MAX_SHARDS} shards in all, each ring's table capped by RLIMIT_NOFILE {nofile}")
+            } else {
+                format!("one ring per core, its table capped by RLIMIT_NOFILE {nofile}; give --max-conns-per-core explicitly for several rings per core")
+            };
+            tracing::info!(
+                "--max-conns-per-core {} lowered to {} ({why})",
+                cfg.core.max_connections,
+                plan.per_shard * plan.rings_per_core,
+            );
+        }
+        let shards = plan.shards;
         let core_cfg = Arc::new(core_cfg);
         let epoch = new_epoch();
         let registry = Arc::new(Registry::with_limits(epoch, cfg.registry));
@@ -471,17 +536,13 @@ impl Server {
             None => claim(addr)?,
         };
         let mut listeners = vec![first];
-        for _ in 1..cfg.cores {
+        for _ in 1..shards {
             listeners.push(
                 listener(addr, cfg.backlog, cfg.socket_send_buffer)
                     .map_err(|source| StartError::Listen { addr, source })?,
             );
         }
-        let bus = Arc::new(ShardBus::new(
-            cfg.cores,
-            cfg.inbox_capacity,
-            cfg.tap.clone(),
-        )?);
+        let bus = Arc::new(ShardBus::new(shards, cfg.inbox_capacity, cfg.tap.clone())?);
 
         // Pin shard i to the i-th CPU this process may run on (respects taskset and cpusets),
         // unless --cpus chose.
@@ -505,15 +566,17 @@ impl Server {
             max_frame: core_cfg.max_frame,
             _claim: claimed,
         };
+        let placement = Arc::new(crate::proto::placement::Placement::new(listeners.len()));
         for (id, l) in listeners.into_iter().enumerate() {
             let st = Arc::new(SharedStats::default());
             server.stats.push(st.clone());
             let setup = ShardSetup {
                 id,
+                // A core's rings (shards) share its CPU.
                 cpu: if cpus.is_empty() {
                     None
                 } else {
-                    Some(cpus[id % cpus.len()])
+                    Some(cpus[(id / plan.rings_per_core as usize) % cpus.len()])
                 },
                 listener: l,
                 ring: RingConfig {
@@ -531,13 +594,15 @@ impl Server {
                 epoch_instant,
                 sends_per_round: cfg.sends_per_round,
                 deliveries_per_round: cfg.deliveries_per_round,
+                placement: placement.clone(),
             };
             let core = Shard::new(
                 core_cfg.clone(),
                 registry.clone(),
                 epoch ^ ((id as u64 + 1) << 32),
             )
-            .with_id(id as u8);
+            .with_id(id as u8)
+            .with_placement(placement.clone());
             let (tx, rx) = std::sync::mpsc::channel();
             let t = std::thread::Builder::new()
                 .name(format!("yorker-shard-{id}"))
@@ -714,6 +779,35 @@ fn new_epoch() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 19: a core's connections are not capped by one ring's table any more.
+    #[test]
+    fn rings_per_core_cover_the_cap_beyond_rlimit_nofile() {
+        // Fits one ring: as before.
+        let p = RingPlan::new(2, 10_000, 20_000, 64, true);
+        assert_eq!(
+            (p.rings_per_core, p.shards, p.per_shard, p.files),
+            (1, 2, 10_000, 10_064)
+        );
+        // RLIMIT_NOFILE 1,024: a table holds 1,008 slots, 944 connections; 3,000 per core
+        // need 4 rings of 750.
+        let p = RingPlan::new(1, 3_000, 1_024, 64, true);
+        assert_eq!(
+            (p.rings_per_core, p.shards, p.per_shard, p.files),
+            (4, 4, 750, 814)
+        );
+        // 100,000 per core on 16 cores with the usual 19,936 usable slots: 6 rings per core.
+        let p = RingPlan::new(16, 100_000, 20_000, 64, true);
+        assert_eq!((p.rings_per_core, p.shards), (6, 96));
+        assert!(p.per_shard * p.rings_per_core >= 100_000);
+        // At most 256 shards: the cap is lowered instead.
+        let p = RingPlan::new(128, 100_000, 20_000, 64, true);
+        assert_eq!((p.rings_per_core, p.shards), (2, 256));
+        assert!(p.per_shard * p.rings_per_core < 100_000);
+        // Without `multi` (the default cap, not asked for): one ring, the cap lowered.
+        let p = RingPlan::new(2, 100_000, 20_000, 64, false);
+        assert_eq!((p.rings_per_core, p.shards, p.per_shard), (1, 2, 19_920));
+    }
 
     /// A configuration built in code gets the checks the command line gets.
     #[test]

@@ -421,6 +421,36 @@ impl Ring {
         unsafe { self.push(&e) }
     }
 
+    /// Sends direct descriptor `slot` to the ring `target` (another thread's): the kernel
+    /// installs the socket into a free slot of `target`'s fixed-file table and posts a
+    /// completion there with `target_user_data` and that slot as its result; this ring gets a
+    /// completion with `user_data` (negative result: nothing was installed). `slot` stays in
+    /// this ring's table until closed here. Call only with nothing else in flight on `slot`.
+    pub fn send_fixed_to_ring(
+        &mut self,
+        target: RawFd,
+        slot: u32,
+        target_user_data: u64,
+        user_data: u64,
+    ) -> io::Result<()> {
+        let e = opcode::MsgRingSendFd::new(
+            types::Fd(target),
+            types::Fixed(slot),
+            types::DestinationSlot::auto_target(),
+            target_user_data,
+        )
+        .build()
+        .user_data(user_data);
+        // SAFETY: references no memory. A `target` that is not an io_uring (a ring that has
+        // gone, its fd number reused) fails with EBADFD; the kernel checks it.
+        unsafe { self.push(&e) }
+    }
+
+    /// The ring's own file descriptor (the target of [`Ring::send_fixed_to_ring`]).
+    pub fn ring_fd(&self) -> RawFd {
+        self.uring.as_raw_fd()
+    }
+
     /// Arms an 8-byte read of the doorbell; its completion means somebody rang.
     pub fn arm_doorbell(&mut self, bell: &EventFd, user_data: u64) -> io::Result<()> {
         if self.bell_armed {

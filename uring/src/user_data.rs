@@ -22,6 +22,12 @@ pub enum Op {
     Doorbell = 8,
     /// Connect of a direct descriptor (clients).
     Connect = 9,
+    /// A direct descriptor sent to another ring with `IORING_OP_MSG_RING` (the sender's
+    /// completion).
+    HandOff = 10,
+    /// A direct descriptor another ring sent to this one (the receiver's completion; its
+    /// result is the slot it was installed in).
+    HandedIn = 11,
 }
 
 impl Op {
@@ -34,6 +40,8 @@ impl Op {
             6 => Op::Close,
             8 => Op::Doorbell,
             9 => Op::Connect,
+            10 => Op::HandOff,
+            11 => Op::HandedIn,
             _ => return None,
         })
     }

@@ -63,6 +63,10 @@ fn describe() {
     describe_gauge!("yorker_relay_links", "Relay connections served, per shard.");
     describe_counter!("yorker_accepted_total", "Connections accepted.");
     describe_counter!(
+        "yorker_handoffs_total",
+        "Connections accepted over a full shard's cap and moved to a shard with room: out (handed to another shard), in (taken from one), failed (could not be moved: refused with server_full)."
+    );
+    describe_counter!(
         "yorker_refused_total",
         "Connections or sessions turned away, by reason (server_full, server_busy, auth_failed, websocket_handshake, tls)."
     );
@@ -220,7 +224,13 @@ pub struct Admin {
     http: Arc<tiny_http::Server>,
     thread: Option<JoinHandle<()>>,
     addr: SocketAddr,
+    stop: Arc<AtomicBool>,
 }
+
+/// How often the admin thread folds recorded histogram samples into their buckets. The
+/// recorder keeps raw samples until then (or until a scrape renders them): without it, a server
+/// nobody scrapes would hold every fan-out sample it ever recorded.
+const UPKEEP: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for Admin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -239,11 +249,22 @@ impl Admin {
             .ok_or_else(|| "--admin-listen: not an IP address".to_string())?;
         let http = Arc::new(http);
         let h = http.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
         let thread = std::thread::Builder::new()
             .name("yorker-admin".into())
             .spawn(move || {
-                for req in h.incoming_requests() {
-                    handle(&state, req);
+                let mut upkeep = std::time::Instant::now();
+                while !stopped.load(Ordering::Acquire) {
+                    match h.recv_timeout(UPKEEP) {
+                        Ok(Some(req)) => handle(&state, req),
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!("admin listener: {e}"),
+                    }
+                    if upkeep.elapsed() >= UPKEEP {
+                        state.metrics.run_upkeep();
+                        upkeep = std::time::Instant::now();
+                    }
                 }
             })
             .map_err(|e| e.to_string())?;
@@ -251,6 +272,7 @@ impl Admin {
             http,
             thread: Some(thread),
             addr,
+            stop,
         })
     }
 
@@ -261,6 +283,7 @@ impl Admin {
 
     /// Stops serving.
     pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Release);
         self.http.unblock();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -534,6 +557,13 @@ fn export(st: &AdminState) {
         gauge!("yorker_inbound_partial_bytes", "shard" => s.clone()).set(c.inbound_bytes as f64);
         gauge!("yorker_relay_links", "shard" => s.clone()).set(c.relay_links as f64);
         counter!("yorker_accepted_total", "shard" => s.clone()).absolute(c.accepted);
+        for (dir, v) in [
+            ("out", c.handed_off),
+            ("in", c.handed_in),
+            ("failed", c.handoff_failed),
+        ] {
+            counter!("yorker_handoffs_total", "shard" => s.clone(), "direction" => dir).absolute(v);
+        }
         for (reason, v) in [
             ("server_full", c.refused_full),
             ("server_busy", c.refused_busy),

@@ -61,10 +61,11 @@ pub struct ServeArgs {
     /// CPUs to pin the shards to, e.g. "0,2-3" (shard i gets the i-th CPU of the list).
     #[arg(long, env = "YORKER_CPUS", value_parser = parse_cpus)]
     pub cpus: Option<CpuList>,
-    /// Connections per core; capped by RLIMIT_NOFILE (each core's ring holds that many
-    /// direct descriptors).
-    #[arg(long, env = "YORKER_MAX_CONNS_PER_CORE", default_value_t = 100_000)]
-    pub max_conns_per_core: usize,
+    /// Connections per core [default: 100000, lowered to what one ring's direct-descriptor
+    /// table holds, RLIMIT_NOFILE - 80]. A value given here (or in the environment or the
+    /// settings file) is honoured: a core whose cap exceeds one ring's table runs several rings.
+    #[arg(long, env = "YORKER_MAX_CONNS_PER_CORE")]
+    pub max_conns_per_core: Option<usize>,
     /// Milliseconds a new connection has to send HELLO.
     #[arg(long, env = "YORKER_HANDSHAKE_TIMEOUT_MS", default_value_t = 5_000)]
     pub handshake_timeout_ms: u64,
@@ -521,9 +522,10 @@ impl ServeArgs {
         let cfg = ServerConfig {
             listen: self.listen,
             cores,
+            multi_ring: self.max_conns_per_core.is_some(),
             cpus: self.cpus.clone().map(|c| c.0).unwrap_or_default(),
             core: CoreConfig {
-                max_connections: self.max_conns_per_core,
+                max_connections: self.max_conns_per_core.unwrap_or(100_000),
                 max_frame,
                 max_subscriptions: self.max_subscriptions,
                 outbox_limit: self.outbox_limit,

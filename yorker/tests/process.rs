@@ -305,3 +305,64 @@ fn a_restart_after_kill_9_takes_every_connection_itself() {
     new.kill().unwrap();
     new.wait().unwrap();
 }
+
+/// Issue 19: one core holds more subscribed connections than RLIMIT_NOFILE allows one ring's
+/// direct-descriptor table: with the limit at 1,024 and `--max-conns-per-core 3000`, the core
+/// runs several rings (shard threads pinned to it), and every connection receives the update.
+#[test]
+fn one_core_holds_more_connections_than_rlimit_nofile() {
+    use std::io::BufRead;
+    // The test's own clients need their descriptors.
+    yorker_uring::raise_nofile_limit();
+    let mut child = Command::new("bash")
+        .args(["-c", r#"ulimit -n 1024 && exec "$0" "$@""#])
+        .arg(env!("CARGO_BIN_EXE_yorker"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--cores", "1"])
+        .args(["--max-conns-per-core", "3000", "--publisher-key", KEY])
+        .args(["--stats-interval", "0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("yorker starts");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let mut log = String::new();
+    while !line.contains("listening on") {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+            let status = child.wait();
+            panic!("yorker exited early: {status:?}\n{log}");
+        }
+        log.push_str(&line);
+    }
+    assert!(
+        log.contains("4 rings per core, 750 connections each"),
+        "{log}"
+    );
+    let addr = listening_addr(&line);
+    let n = 2_900;
+    let mut shards = std::collections::BTreeSet::new();
+    let mut subs: Vec<Client> = (0..n)
+        .map(|_| {
+            let mut c = Client::connect(addr, Role::Subscriber);
+            shards.insert(c.welcome.as_ref().unwrap().session_id >> 24 & 0xff);
+            assert_eq!(c.subscribe("all", false).result, SubResult::Ok);
+            c
+        })
+        .collect();
+    assert_eq!(shards.len(), 4, "connections on every ring: {shards:?}");
+    let mut p = Client::connect(addr, Role::Publisher);
+    p.publish("all", 0, b"everyone");
+    for (i, s) in subs.iter_mut().enumerate() {
+        let u = s
+            .next_update(T)
+            .unwrap_or_else(|| panic!("subscriber {i} got nothing"));
+        assert_eq!((u.seq, &u.payload[..]), (1, &b"everyone"[..]));
+    }
+    drop(subs);
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

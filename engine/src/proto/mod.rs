@@ -21,6 +21,7 @@
 //! * [`presence`]: member counts and join/leave events;
 //! * [`websocket`]: the WebSocket transport on the same listener (handshake, framing);
 //! * [`tls`]: TLS (rustls) on the same listener, under raw TCP or WebSocket;
+//! * [`placement`]: handing a connection to a shard with room when this one is full;
 //! * [`limits`]: memory caps over the whole shard;
 //! * [`timers`]: the deadline heap;
 //! * [`registry`], [`subscribers`], [`outbox`], [`auth`]: the data structures.
@@ -31,6 +32,7 @@ mod fanout;
 mod limits;
 pub mod messages;
 pub mod outbox;
+pub mod placement;
 mod presence;
 pub mod registry;
 mod relay_link;
@@ -217,6 +219,12 @@ pub struct CoreStats {
     pub accepted: u64,
     /// Connections refused with server_full.
     pub refused_full: u64,
+    /// Connections accepted over this shard's cap and handed to a shard with room.
+    pub handed_off: u64,
+    /// Connections handed to this shard by a full one.
+    pub handed_in: u64,
+    /// Hand-offs that failed (the target's table was full, or it was gone): refused here.
+    pub handoff_failed: u64,
     /// Connections turned away by the accept rate limit (GOAWAY server_busy).
     pub refused_busy: u64,
     /// Resynchronisations after the shard's inbox overflowed.
@@ -312,6 +320,17 @@ pub enum Input<'a> {
     SendFailed(Token),
     /// The direct descriptor was closed; the slot is free again.
     Closed(Token),
+    /// Another shard, full, handed this shard a connection it accepted ([`Output::HandOff`]);
+    /// the kernel installed it into this slot. Like [`Input::Accepted`], except that it is
+    /// never handed on again.
+    HandedIn {
+        /// The fixed-file slot.
+        slot: u32,
+    },
+    /// The hand-off this shard asked for ([`Output::HandOff`]) ended: `true` when the
+    /// connection is in the other shard's table now (this slot is closed next), `false` when
+    /// it could not be moved (it is refused here with `server_full`).
+    HandedOff(Token, bool),
     /// An update from the bus (this shard's own publishes included).
     Update(&'a UpdateMsg),
     /// Updates for this shard were dropped (its inbox overflowed): every subscriber gets the
@@ -343,6 +362,16 @@ pub enum Output {
     CancelSend(Token),
     /// Close the direct descriptor; nothing else is in flight on it.
     Close(Token),
+    /// Move the connection just accepted into this slot to shard `to` (this shard is full,
+    /// `to` has room): the driver installs the descriptor into `to`'s table, which gets
+    /// [`Input::HandedIn`], and feeds [`Input::HandedOff`] here. Nothing else is in flight on
+    /// the slot.
+    HandOff {
+        /// The connection.
+        token: Token,
+        /// The shard to move it to.
+        to: usize,
+    },
     /// Apply a PUBLISH: assign its sequence number in the registry, encode it once and hand it
     /// to every shard's bus inbox, in the order these outputs come. With `ack`, then feed
     /// [`Input::Published`].
@@ -418,6 +447,8 @@ pub struct Shard {
     pub(crate) entries: Vec<outbox::Entry>,
     /// TLS connections' sessions.
     pub(crate) tls: HashMap<u32, tls::TlsConn>,
+    /// Every shard's load, for handing off connections over the cap (none: a lone shard).
+    pub(crate) placement: Option<Arc<placement::Placement>>,
     rng: u64,
 }
 
@@ -474,6 +505,7 @@ impl Shard {
             ws_headers: websocket::Headers::default(),
             entries: Vec::new(),
             tls: HashMap::new(),
+            placement: None,
             rng: seed | 1,
         };
         shard.accept_tokens = accept_tokens;
@@ -484,6 +516,20 @@ impl Shard {
     pub fn with_id(mut self, id: u8) -> Self {
         self.id = id;
         self
+    }
+
+    /// Shares `placement` with the server's other shards: over its cap this shard hands new
+    /// connections to the least loaded shard with room instead of refusing them.
+    pub fn with_placement(mut self, placement: Arc<placement::Placement>) -> Self {
+        self.placement = Some(placement);
+        self
+    }
+
+    /// Publishes this shard's load to the placement.
+    pub(crate) fn publish_load(&self) {
+        if let Some(p) = &self.placement {
+            p.set_load(self.id as usize, self.stats.connections as u32);
+        }
     }
 
     /// Takes one admission from the accept token bucket (refilled at `accept_rate` per second,
@@ -571,7 +617,9 @@ impl Shard {
     /// Feeds one input.
     pub fn handle(&mut self, input: Input<'_>, now: Now) {
         match input {
-            Input::Accepted { slot } => self.on_accepted(slot, now),
+            Input::Accepted { slot } => self.on_accepted(slot, now, false),
+            Input::HandedIn { slot } => self.on_accepted(slot, now, true),
+            Input::HandedOff(t, ok) => self.on_handed_off(t, ok, now),
             Input::Received(t, data) => {
                 if self.is_current(t) {
                     self.on_wire_bytes(t.slot, data, now);

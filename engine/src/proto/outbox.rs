@@ -10,6 +10,9 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
+/// Entries of buffer an emptied queue may keep (a burst's larger buffer is given back).
+const KEEP_ENTRIES: usize = 8;
+
 /// One queued frame.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -233,8 +236,11 @@ impl Outbox {
             out.push(e.frame);
         }
         self.sub(taken);
-        if self.q.is_empty() && self.q.capacity() > 64 {
-            // After a burst, keep a small buffer only (see `release_if_empty` for idle ones).
+        if self.q.is_empty() && self.q.capacity() > KEEP_ENTRIES {
+            // After a burst (a resume's replay, a snapshot of many topics), keep no more than
+            // a steady stream needs: a connection fed 20 updates a second is never idle long
+            // enough for `release_if_empty`, and under reconnect churn every connection would
+            // otherwise keep the largest queue it ever had (the soak's RSS creep).
             self.q = VecDeque::new();
         }
         taken

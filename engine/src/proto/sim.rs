@@ -94,6 +94,9 @@ struct KSlot {
     /// operation still references the slot.
     ops: u32,
     closing: bool,
+    /// The socket was sent to the other shard's ring (`HandOff`); this slot still holds a
+    /// reference until the shard closes it.
+    moved: bool,
 }
 
 /// A completion the kernel will post.
@@ -103,6 +106,8 @@ enum Cqe {
     SendDone(Token),
     SendFailed(Token),
     Closed(Token),
+    HandedOff(Token, bool),
+    HandedIn(u32),
 }
 
 struct Kernel {
@@ -166,8 +171,17 @@ impl World {
         };
         tweak(&mut cfg);
         let cfg = Arc::new(cfg);
+        let placement = Arc::new(super::placement::Placement::new(2));
+        for i in 0..2 {
+            // The fake kernel needs no ring descriptor; any non-negative number lists the shard.
+            placement.set_ring(i, i as i32);
+        }
         let shards = (0..2)
-            .map(|i| Shard::new(cfg.clone(), registry.clone(), i + 1).with_id(i as u8))
+            .map(|i| {
+                Shard::new(cfg.clone(), registry.clone(), i + 1)
+                    .with_id(i as u8)
+                    .with_placement(placement.clone())
+            })
             .collect();
         let kernels = (0..2)
             .map(|_| Kernel {
@@ -200,6 +214,11 @@ impl World {
 
     fn connect_version(&mut self, role: Role, speed: usize, version: u16) -> usize {
         let shard = self.clients.len() % 2;
+        self.connect_on(role, speed, version, shard)
+    }
+
+    /// A new client that the listener's hash gives to `shard`.
+    fn connect_on(&mut self, role: Role, speed: usize, version: u16, shard: usize) -> usize {
         self.clients.push(Client {
             shard,
             token: None,
@@ -447,12 +466,40 @@ impl World {
                     k.ops
                 );
                 let client = k.client.expect("occupied");
-                if !self.clients[client].gone {
+                if !k.moved && !self.clients[client].gone {
                     self.clients[client].gone = true;
                     self.clients[client].closed_by_server = true;
                 }
                 self.kernels[sh].slots[t.slot as usize].closing = true;
                 self.later(sh, Cqe::Closed(t));
+            }
+            Output::HandOff { token: t, to } => {
+                let k = &mut self.kernels[sh].slots[t.slot as usize];
+                assert!(
+                    k.client.is_some() && !k.closing && !k.moved,
+                    "hand-off of slot {} which holds no socket",
+                    t.slot
+                );
+                assert_eq!(k.ops, 0, "hand-off of slot {} with I/O in flight", t.slot);
+                assert!(k.generation.is_none(), "hand-off of a slot already armed");
+                assert_ne!(to, sh, "hand-off to itself");
+                k.generation = Some(t.generation);
+                k.ops += 1;
+                let client = k.client.expect("occupied");
+                match self.kernels[to].alloc() {
+                    Some(slot) => {
+                        self.kernels[sh].slots[t.slot as usize].moved = true;
+                        self.kernels[to].slots[slot as usize] = KSlot {
+                            client: Some(client),
+                            ..KSlot::default()
+                        };
+                        self.clients[client].shard = to;
+                        self.clients[client].token = None;
+                        self.later(to, Cqe::HandedIn(slot));
+                        self.later(sh, Cqe::HandedOff(t, true));
+                    }
+                    None => self.later(sh, Cqe::HandedOff(t, false)),
+                }
             }
             Output::Publish(p) => {
                 let bus = &mut self.bus;
@@ -536,7 +583,11 @@ impl World {
                 due.swap(j, k);
             }
             for c in due {
-                if let Cqe::RecvEnded(t, _) | Cqe::SendDone(t) | Cqe::SendFailed(t) = c {
+                if let Cqe::RecvEnded(t, _)
+                | Cqe::SendDone(t)
+                | Cqe::SendFailed(t)
+                | Cqe::HandedOff(t, _) = c
+                {
                     let k = &mut self.kernels[sh].slots[t.slot as usize];
                     assert!(
                         k.ops > 0,
@@ -554,6 +605,8 @@ impl World {
                         self.kernels[sh].slots[t.slot as usize] = KSlot::default();
                         Input::Closed(t)
                     }
+                    Cqe::HandedOff(t, ok) => Input::HandedOff(t, ok),
+                    Cqe::HandedIn(slot) => Input::HandedIn { slot },
                 };
                 self.shards[sh].handle(input, self.now);
                 self.drive(sh);
@@ -590,7 +643,7 @@ impl World {
             .slots
             .iter()
             .enumerate()
-            .find(|(_, k)| k.client == Some(i) && !k.closing)
+            .find(|(_, k)| k.client == Some(i) && !k.closing && !k.moved)
             .and_then(|(s, k)| {
                 k.generation.map(|generation| Token {
                     slot: s as u32,
@@ -944,6 +997,56 @@ fn client_messages_and_posts_interleaved_with_fanout() {
         }
         // No posted update was echoed, and the room kept its order for everyone else.
         assert!(!w.clients[poster].own.is_empty());
+    }
+}
+
+/// Issues 12 and 19: the listener's hash sends every client to shard 0. Over its cap, shard 0
+/// hands each new connection to shard 1 (the driver moves the descriptor with MSG_RING), whose
+/// clients are served like any other; only when both shards are full is a client refused, with
+/// GOAWAY `server_full`.
+#[test]
+fn a_full_shard_hands_connections_to_one_with_room() {
+    for seed in 1..=20 {
+        let mut w = World::with_config(seed, SlowPolicy::Conflate, |c| c.max_connections = 6);
+        let p = w.connect_on(Role::Publisher, 1 << 20, 1, 0);
+        let subs: Vec<usize> = (0..11)
+            .map(|_| {
+                let i = w.connect_on(Role::Subscriber, 1 << 20, 1, 0);
+                w.subscribe_to(i, "m/1".into(), None, false);
+                i
+            })
+            .collect();
+        for _ in 0..60 {
+            w.step();
+        }
+        let (s0, s1) = (w.shards[0].stats(), w.shards[1].stats());
+        assert_eq!((s0.accepted, s0.handed_off), (12, 6), "seed {seed}");
+        assert_eq!((s1.accepted, s1.handed_in), (0, 6), "seed {seed}");
+        assert_eq!(s0.refused_full + s1.refused_full, 0, "seed {seed}");
+        assert_eq!((s0.connections, s1.connections), (6, 6), "seed {seed}");
+        w.publish_to(p, "m/1".into(), 0, Bytes::from_static(b"x"));
+        for _ in 0..40 {
+            w.step();
+        }
+        for &i in &subs {
+            let c = &w.clients[i];
+            assert!(
+                !c.gone && c.session != 0,
+                "seed {seed}: client {i} not served"
+            );
+            assert!(
+                c.topics.values().any(|v| v.last_seq == 1),
+                "seed {seed}: client {i} missed the update"
+            );
+        }
+        // Both full: the next client is refused, and neither shard keeps its slot.
+        let extra = w.connect_on(Role::Subscriber, 1 << 20, 1, 0);
+        for _ in 0..40 {
+            w.step();
+        }
+        assert!(w.clients[extra].closed_by_server, "seed {seed}");
+        assert_eq!(w.shards[0].stats().refused_full, 1, "seed {seed}");
+        assert_eq!(w.shards[0].stats().connections, 6, "seed {seed}");
     }
 }
 

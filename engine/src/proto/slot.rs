@@ -12,6 +12,10 @@
 //!    └── Closed ─── CloseSubmitted   (Close emitted only once nothing is in flight)
 //! ```
 //!
+//! A connection accepted while the shard is at its cap takes a detour when another shard has
+//! room: `Free -> Moving` (HandOff asked for, nothing armed) `-> CloseSubmitted` once the other
+//! shard holds the socket, or `-> Live` (refused with `server_full`) when it could not be moved.
+//!
 //! Every I/O the shard asks for carries a [`Token`]: the slot and the generation of its current
 //! occupant. The generation changes at every accept, so a completion of an earlier occupant
 //! (a late cancel, a stale receive) is recognised and ignored. Close is emitted only when no
@@ -127,6 +131,9 @@ pub(crate) enum State {
     },
     /// Close was asked for; the slot is free at its completion.
     CloseSubmitted,
+    /// Accepted over this shard's cap and on its way to a shard with room
+    /// ([`Output::HandOff`]); nothing is armed. Closed once the other shard has it.
+    Moving,
 }
 
 /// One slot of the shard's table.
@@ -156,6 +163,8 @@ pub enum SlotState {
     },
     /// Close submitted.
     CloseSubmitted,
+    /// Being handed to another shard.
+    Moving,
 }
 
 impl Slot {
@@ -175,6 +184,7 @@ impl Slot {
                 send_in_flight: *send_in_flight,
             },
             State::CloseSubmitted => SlotState::CloseSubmitted,
+            State::Moving => SlotState::Moving,
         }
     }
 }
@@ -223,8 +233,9 @@ impl Shard {
     // Transitions driven by the kernel
     // -----------------------------------------------------------------------------------------
 
-    /// A connection was accepted into `slot`. Over the cap it is told `server_full` and closed.
-    pub(crate) fn on_accepted(&mut self, slot: u32, now: Now) {
+    /// A connection was accepted into `slot` (or `handed_in` by a full shard). Over the cap it
+    /// moves to a shard with room; when none has room it is told `server_full` and closed.
+    pub(crate) fn on_accepted(&mut self, slot: u32, now: Now, handed_in: bool) {
         if self.slots.len() <= slot as usize {
             self.slots.resize_with(slot as usize + 1, Slot::default);
         }
@@ -237,7 +248,7 @@ impl Shard {
                 // lost. The slot is free either way.
                 self.stats.connections -= 1;
             }
-            State::Live(_) | State::Closing { .. } => {
+            State::Live(_) | State::Closing { .. } | State::Moving => {
                 debug_assert!(false, "slot {slot} accepted while in use");
                 // Cannot happen with a correct kernel; recover by forgetting the old occupant.
                 self.abort(slot);
@@ -246,11 +257,51 @@ impl Shard {
         }
         let s = &mut self.slots[slot as usize];
         s.generation = s.generation.wrapping_add(1) & 0x00ff_ffff;
+        self.stats.connections += 1;
+        if handed_in {
+            self.stats.handed_in += 1;
+        } else {
+            self.stats.accepted += 1;
+        }
+        self.publish_load();
+        if !handed_in && !self.shutting_down && self.live_connections() > self.cfg.max_connections {
+            let to = self
+                .placement
+                .as_ref()
+                .and_then(|p| p.pick(self.id as usize, self.cfg.max_connections));
+            if let Some(to) = to {
+                self.slots[slot as usize].state = State::Moving;
+                self.stats.handed_off += 1;
+                let token = self.token(slot);
+                self.out.push_back(Output::HandOff { token, to });
+                return;
+            }
+        }
+        self.open(slot, now);
+    }
+
+    /// The hand-off of a connection accepted over the cap ended (see [`State::Moving`]).
+    pub(crate) fn on_handed_off(&mut self, t: Token, moved: bool, now: Now) {
+        if !self.same(t) || !matches!(self.slots[t.slot as usize].state, State::Moving) {
+            return;
+        }
+        if moved {
+            // The other shard's table holds the socket now; this slot lets go of it.
+            self.slots[t.slot as usize].state = State::CloseSubmitted;
+            self.out.push_back(Output::Close(t));
+        } else {
+            self.stats.handoff_failed += 1;
+            self.open(t.slot, now);
+        }
+    }
+
+    /// Starts the session of a connection in `slot` (its generation is set): arms its receive
+    /// and its handshake deadline, or turns it away (GOAWAY with a retry hint) when the server
+    /// shuts down, the shard is over its cap, or new connections come too fast.
+    fn open(&mut self, slot: u32, now: Now) {
         let mut c = Conn::new(now);
         c.recv_armed = true;
-        s.state = State::Live(c);
-        self.stats.connections += 1;
-        self.stats.accepted += 1;
+        self.slots[slot as usize].state = State::Live(c);
         let t = self.token(slot);
         self.out.push_back(Output::ArmRecv(t));
         self.schedule(slot, now);
@@ -362,6 +413,7 @@ impl Shard {
         if matches!(s.state, State::CloseSubmitted) {
             s.state = State::Free;
             self.stats.connections -= 1;
+            self.publish_load();
         }
     }
 
