@@ -4,8 +4,8 @@
 # delivery, completion p50/p99, connect rate, RSS per connection. On this 2-core development
 # machine only CORES_LIST="1 2" fits (with 2 engine cores the load generator shares them:
 # labelled). On a 16-core host: CORES_LIST="1 2 4 8" THREADS=8 N=200000, and the 1M run:
-# CORES_LIST=16 N=1000000 THREADS=16 SOURCES=... (needs RLIMIT_NOFILE and the sysctls of
-# deploy/99-yorker.conf; yorker holds at most RLIMIT_NOFILE connections per core today).
+# CORES_LIST=16 N=1000000 THREADS=16 (the sysctls of deploy/99-yorker.conf; each core gets
+# --max-conns-per-core N/cores + 10%, and runs as many rings as RLIMIT_NOFILE makes that need).
 # Output: bench-results/scale-<stamp>.jsonl and a table (.md next to it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,8 +29,9 @@ for cores in $CORES_LIST; do
   server_cpus="0-$((cores - 1))"
   if [ "$cores" -lt "$CPUS" ]; then client_cpus="$cores-$((CPUS - 1))"; shared=false
   else client_cpus="0-$((CPUS - 1))"; shared=true; fi
+  per_core=$(( N / cores + N / cores / 10 + 100 ))
   taskset -c "$server_cpus" $B/yorker serve --listen 127.0.0.1:$PORT --cores "$cores" --publisher-key bench \
-    --max-conns-per-core 1000000 --stats-interval 0 2>/dev/null &
+    --max-conns-per-core "$per_core" --stats-interval 0 2>/dev/null &
   Y=$!
   wait_port "$PORT"
   rss0=$(awk '/^VmRSS/ {print $2}' /proc/$Y/status)

@@ -29,7 +29,8 @@ pub struct ServerConfig {
     /// (RLIMIT_NOFILE): run several rings (shard threads pinned to the core) so that the cap
     /// holds; `false` lowers the cap to one ring's table instead.
     pub multi_ring: bool,
-    /// CPUs to pin shard `i` to (`cpus[i % len]`); empty: the CPUs the process may use.
+    /// CPUs to pin core `i` (its shard, or the shards of its rings) to (`cpus[i % len]`);
+    /// empty: the CPUs the process may use.
     pub cpus: Vec<usize>,
     /// Per-shard core settings (`max_connections` is per shard).
     pub core: CoreConfig,
@@ -544,8 +545,8 @@ impl Server {
         }
         let bus = Arc::new(ShardBus::new(shards, cfg.inbox_capacity, cfg.tap.clone())?);
 
-        // Pin shard i to the i-th CPU this process may run on (respects taskset and cpusets),
-        // unless --cpus chose.
+        // Pin core i (its shards) to the i-th CPU this process may run on (respects taskset and
+        // cpusets), unless --cpus chose.
         let cpus: Vec<usize> = if cfg.cpus.is_empty() {
             core_affinity::get_core_ids()
                 .map(|ids| ids.into_iter().map(|c| c.id).collect())

@@ -58,7 +58,7 @@ pub struct ServeArgs {
     /// Shard threads, one per core [default: all online cores].
     #[arg(long, env = "YORKER_CORES")]
     pub cores: Option<usize>,
-    /// CPUs to pin the shards to, e.g. "0,2-3" (shard i gets the i-th CPU of the list).
+    /// CPUs to pin the cores to, e.g. "0,2-3" (core i, all its rings, gets the i-th CPU of the list).
     #[arg(long, env = "YORKER_CPUS", value_parser = parse_cpus)]
     pub cpus: Option<CpuList>,
     /// Connections per core [default: 100000, lowered to what one ring's direct-descriptor
