@@ -1188,6 +1188,48 @@ fn an_overrun_shard_resyncs_its_subscribers_from_the_registry() {
     assert_eq!(w.shards[1].stats().resyncs, 1);
 }
 
+/// A hand-off the kernel could not do (the other ring's table was full, or the ring had gone)
+/// ends as if no shard had room: the connection is refused here with GOAWAY `server_full`, and
+/// its slot is closed normally.
+#[test]
+fn a_failed_hand_off_is_refused_with_server_full() {
+    let registry = Arc::new(Registry::new(99, 16, 100));
+    let cfg = Arc::new(CoreConfig {
+        max_connections: 1,
+        ..CoreConfig::default()
+    });
+    let placement = Arc::new(super::placement::Placement::new(2));
+    placement.set_ring(0, 0);
+    placement.set_ring(1, 1);
+    let mut s = Shard::new(cfg, registry, 3).with_placement(placement.clone());
+    let now = Now { ms: 1, unix_us: 1 };
+    s.handle(Input::Accepted { slot: 0 }, now);
+    assert!(matches!(s.poll_output(), Some(Output::ArmRecv(_))));
+    s.handle(Input::Accepted { slot: 1 }, now);
+    let Some(Output::HandOff { token, to: 1 }) = s.poll_output() else {
+        panic!("expected a hand-off to shard 1");
+    };
+    assert_eq!(s.slot_state(1), SlotState::Moving);
+    assert_eq!(placement.load(1), 1, "a connection reserved on shard 1");
+    s.handle(Input::HandedOff(token, false), now);
+    let st = s.stats();
+    assert_eq!(
+        (st.handed_off, st.handoff_failed, st.refused_full),
+        (1, 1, 1)
+    );
+    // Armed again here, and refused: GOAWAY server_full goes out on the slot.
+    assert!(matches!(s.poll_output(), Some(Output::ArmRecv(t)) if t == token));
+    let mut frames = Vec::new();
+    assert_eq!(s.poll_transmit(now, &mut frames), Some(token));
+    let bytes: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+    let mut dec = Decoder::new(DEFAULT_MAX_FRAME);
+    dec.feed(&bytes);
+    match dec.next_frame().expect("decodes") {
+        Some(Frame::GoAway(g)) => assert_eq!(g.code, ErrorCode::ServerFull as u16),
+        other => panic!("expected GOAWAY, got {other:?}"),
+    }
+}
+
 mod fuzz {
     //! Arbitrary client bytes never panic a shard and never break its bounds: the stand-in for
     //! a fuzz target that CI always runs.
