@@ -2,8 +2,8 @@
 # Installs the system tools the tests need when they are missing: the relay tests run in
 # network namespaces of their own (unshare from util-linux, ip from iproute2) and inject
 # datagram loss with nftables; procps (pgrep) and openssl are used by scripts; Prometheus'
-# promtool validates the metrics endpoint. Called by
-# scripts/test.sh, so that the README's test command works on a fresh Debian/Ubuntu machine.
+# promtool validates the metrics endpoint; redis-server is the stream the ingest tests read.
+# Called by scripts/test.sh, so that the README's test command works on a fresh Debian/Ubuntu machine.
 # Needs root or passwordless sudo to install; says exactly what is missing otherwise.
 set -euo pipefail
 need=()
@@ -19,6 +19,7 @@ command -v mcs >/dev/null 2>&1 || need+=(mono-devel)   # the C# SDK (mcs + mono)
 command -v node >/dev/null 2>&1 || need+=(nodejs)      # the TypeScript SDK's tests
 command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v chromium >/dev/null 2>&1 || need+=(chromium) # the browser test (headless)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server) # the ingest tests (Redis Streams)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing test dependencies: ${need[*]}" >&2
 as_root=()

@@ -128,13 +128,15 @@ pub struct FeedStats {
     pub lag_us: AtomicU64,
     /// Largest lag since the stats line last read it, µs.
     pub lag_max_us: AtomicU64,
+    /// Errors reading an ingest source (each ends the reader's session; it reconnects).
+    pub source_errors: AtomicU64,
     /// A relay holds a synchronised snapshot of its upstream and follows it (readiness).
     pub synced: std::sync::atomic::AtomicBool,
 }
 
 impl FeedStats {
     /// The monotonic counters, by name (for metrics exporters).
-    pub fn counters(&self) -> [(&'static str, u64); 15] {
+    pub fn counters(&self) -> [(&'static str, u64); 16] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("datagrams_out", g(&self.datagrams_out)),
@@ -152,6 +154,7 @@ impl FeedStats {
             ("overruns", g(&self.overruns)),
             ("topic_limit_drops", g(&self.topic_limit_drops)),
             ("oversize_drops", g(&self.oversize_drops)),
+            ("source_errors", g(&self.source_errors)),
         ]
     }
 
@@ -175,7 +178,7 @@ impl FeedStats {
     pub fn line(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "feed: datagrams_out={} datagrams_in={} bad={} gaps={} naks={} naks_refused={} retransmits={} unavailable={} snapshot_fallbacks={} applied={} duplicates={} resets={} overruns={} topic_limit_drops={} oversize_drops={} lag_us={} lag_max_us={}",
+            "feed: datagrams_out={} datagrams_in={} bad={} gaps={} naks={} naks_refused={} retransmits={} unavailable={} snapshot_fallbacks={} applied={} duplicates={} resets={} overruns={} topic_limit_drops={} oversize_drops={} source_errors={} lag_us={} lag_max_us={}",
             g(&self.datagrams_out),
             g(&self.datagrams_in),
             g(&self.bad_datagrams),
@@ -191,6 +194,7 @@ impl FeedStats {
             g(&self.overruns),
             g(&self.topic_limit_drops),
             g(&self.oversize_drops),
+            g(&self.source_errors),
             g(&self.lag_us),
             self.lag_max_us.swap(0, Ordering::Relaxed),
         )

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `GET /metrics` | Prometheus text format (metrics-exporter-prometheus) |
 //! | `GET /healthz` | 200 while every shard thread is alive, else 503 |
-//! | `GET /readyz` | 200 while accepting; 503 while draining or shutting down (or a relay not synced) |
+//! | `GET /readyz` | 200 while accepting; 503 while draining or shutting down (or a relay or an ingest not synced with its source) |
 //! | `POST /publish` | publisher key as `Authorization: Bearer`; JSON, one update or a batch; answers (epoch, seq) per update |
 //! | `GET /topics` | name, seq and subscribers of every topic |
 //! | `POST /drain?over=120s` | stop accepting, GOAWAY spread over the window, then exit 0 |
@@ -348,7 +348,11 @@ fn handle(st: &AdminState, mut req: Request) {
             if st.not_ready.load(Ordering::SeqCst) || st.server.is_shutting_down() {
                 reply(req, 503, json!({"ready": false, "why": "draining"}))
             } else if unsynced {
-                reply(req, 503, json!({"ready": false, "why": "relay not synced"}))
+                reply(
+                    req,
+                    503,
+                    json!({"ready": false, "why": "feed not synced (a relay behind its upstream, or an ingest away from its source)"}),
+                )
             } else {
                 reply(req, 200, json!({"ready": true}))
             }

@@ -186,7 +186,20 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
             }
         },
     };
-    let feed = origin.is_some() || relay.is_some();
+    let mut ingest = match args.ingest.clone() {
+        None => None,
+        Some(cfg) => match yorker_ingest::Ingest::start(
+            cfg,
+            Injector::for_server(&server, feed_stats.clone()),
+        ) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                tracing::error!("cannot start the ingest: {e}");
+                return ExitCode::from(1);
+            }
+        },
+    };
+    let feed = origin.is_some() || relay.is_some() || ingest.is_some();
     let server = Arc::new(server);
     let mut admin = None;
     let mut drain_request = None;
@@ -196,7 +209,7 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
             metrics,
             args.publisher_key.clone(),
             feed.then(|| feed_stats.clone()),
-            relay.is_some(),
+            relay.is_some() || ingest.is_some(),
         ));
         drain_request = Some(state.drain.clone());
         match Admin::start(addr, state) {
@@ -276,6 +289,9 @@ fn run(args: ServeArgs, relay: Option<RelayArgs>) -> ExitCode {
     }
     if let Some(f) = follower.as_mut() {
         f.stop();
+    }
+    if let Some(i) = ingest.as_mut() {
+        i.stop();
     }
     match drain_over {
         Some(over) => {

@@ -253,6 +253,12 @@ pub struct ServeArgs {
     /// Seconds between one-line stats on stderr; 0 turns them off.
     #[arg(long, env = "YORKER_STATS_INTERVAL", default_value_t = 5)]
     pub stats_interval: u64,
+    /// Take updates from an existing replicated log (docs/SCALE-OUT.md):
+    /// redis-stream://HOST:PORT/KEY[,KEY...][?field=payload&history=64&verify-ms=5000]. Each
+    /// stream is the topic of the same name, numbered by the stream, so origins on the same
+    /// streams number every update alike. Do not also publish to those topics.
+    #[arg(long, env = "YORKER_INGEST")]
+    pub ingest: Option<yorker_ingest::IngestConfig>,
     /// The admin HTTP listener (metrics, health, HTTP publish, drain): ADDR:PORT, or a bare PORT
     /// for 127.0.0.1:PORT. Off unless given; keep it on loopback or a private network (only
     /// /publish checks a key).
@@ -328,6 +334,9 @@ impl RelayArgs {
     /// Validates the relay flags against the engine flags.
     pub fn check(&self, serve: &ServeArgs) -> Result<(), String> {
         check_key(&self.upstream_key, "--upstream-key")?;
+        if serve.ingest.is_some() {
+            return Err("--ingest is for origins (yorker serve); a relay follows an origin".into());
+        }
         if serve.publisher_key.is_some() {
             return Err(
                 "a relay takes no publishers: drop --publisher-key (publish to the origin)".into(),

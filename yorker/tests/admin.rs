@@ -5,8 +5,9 @@
 
 #[path = "../../engine/tests/common/mod.rs"]
 mod common;
+mod support;
 
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,50 +26,11 @@ struct Proc {
 
 impl Proc {
     fn start(extra: &[&str]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_yorker"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--publisher-key", KEY, "--stats-interval", "0"])
-            .args(extra)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn yorker");
-        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-        let (mut addr, mut admin) = (None, None);
-        let mut line = String::new();
-        while addr.is_none() || admin.is_none() {
-            line.clear();
-            assert!(err.read_line(&mut line).unwrap() > 0, "yorker exited early");
-            let after = |marker: &str| {
-                line.split(marker)
-                    .nth(1)
-                    .and_then(|r| r.split_whitespace().next())
-                    .and_then(|a| a.parse::<SocketAddr>().ok())
-            };
-            if let Some(a) = after("listening on ") {
-                addr = Some(a);
-            }
-            if let Some(a) = after("admin listener on http://") {
-                admin = Some(a);
-            }
-        }
-        // Keep draining stderr so the engine never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut sink = String::new();
-            while err.read_line(&mut sink).unwrap_or(0) > 0 {
-                sink.clear();
-            }
-        });
-        Proc {
-            child,
-            addr: addr.unwrap(),
-            admin: admin.unwrap(),
-        }
+        let mut args = vec!["--listen", "127.0.0.1:0", "--publisher-key", KEY];
+        args.extend(["--stats-interval", "0"]);
+        args.extend(extra);
+        let (child, addr, admin) = support::serve_with_admin(&args);
+        Proc { child, addr, admin }
     }
 
     fn http(&self, method: &str, path: &str, headers: &[&str], body: &str) -> (u16, String) {

@@ -309,6 +309,15 @@ impl Registry {
         true
     }
 
+    /// Feeds only: `topic`'s numbering restarted at its source (a stream deleted and created
+    /// again). Its history goes, and its next update reaches subscribers as SNAPSHOT|RESET
+    /// whatever its number (see [`Registry::apply`]); resumes from the old numbers get `reset`.
+    pub fn mark_stale(&self, topic: &Topic) {
+        let mut st = topic.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.clear_history(&mut st);
+        st.stale = true;
+    }
+
     /// UPDATE frames encoded so far (live frames and snapshots); one per publish plus one per
     /// snapshot variant first requested after a publish, whatever the number of subscribers.
     pub fn frames_encoded(&self) -> u64 {
@@ -834,6 +843,33 @@ mod tests {
         let mut out = None;
         let a = r.apply(t, &u, &mut |m| out = Some(m));
         (a, out)
+    }
+
+    /// A feed whose source restarted its numbering (a stream created again): the topic's next
+    /// update, with a lower number, goes out as SNAPSHOT|RESET instead of being dropped as a
+    /// duplicate, and resumes from the old numbers get `reset`.
+    #[test]
+    fn a_stale_topic_takes_a_lower_number_as_a_reset() {
+        let r = Registry::new(1, 8, 10);
+        let t = r.get_or_create("m").unwrap();
+        apply(&r, &t, upd(40, update_flags::SNAPSHOT, b"a"));
+        apply(&r, &t, upd(41, 0, b"b"));
+        assert_eq!(apply(&r, &t, upd(2, 0, b"old")).0, Applied::Duplicate);
+        r.mark_stale(&t);
+        let s = r.start_subscription(&t, Some(ResumeFrom { epoch: 1, seq: 40 }), usize::MAX);
+        assert_eq!(
+            s.result,
+            SubResult::Reset,
+            "the history went with the numbering"
+        );
+        let (a, m) = apply(&r, &t, upd(1, update_flags::SNAPSHOT, b"new"));
+        assert_eq!(a, Applied::Reset);
+        assert_eq!(
+            m.unwrap().flags,
+            update_flags::SNAPSHOT | update_flags::RESET
+        );
+        assert_eq!(r.seq(&t), 1);
+        assert_eq!(apply(&r, &t, upd(2, 0, b"next")).0, Applied::InOrder);
     }
 
     #[test]

@@ -1,0 +1,292 @@
+//! `yorker serve --ingest redis-stream://...` against a real redis-server (Debian's package,
+//! installed by scripts/install-test-deps.sh) on a loopback port of its own: updates from the
+//! stream reach subscribers in order, two origins on the same stream number every update alike,
+//! an origin restarted on the stream lets its clients resume, and a stream outage shows in
+//! readiness while clients keep their last values.
+
+#[path = "../../engine/tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use yorker_wire::*;
+
+const T: Duration = Duration::from_secs(10);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A redis-server on a loopback port of its own, its append-only file in a directory of its
+/// own (so that a restart keeps the streams). Killed when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    fn start(port: u16, dir: PathBuf) -> Redis {
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "redis-server (apt-get install redis-server; scripts/install-test-deps.sh does)",
+            );
+        let r = Redis { child, port, dir };
+        wait_for(T, "redis-server answers", || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok_and(|s| cmd_on(s, &["PING"]) == "+PONG")
+        });
+        r
+    }
+
+    fn fresh() -> Redis {
+        let dir = std::env::temp_dir().join(format!(
+            "yorker-ingest-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        Redis::start(free_port(), dir)
+    }
+
+    /// Stops it the way an outage would (SIGKILL; the append-only file is written per command).
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn cmd(&self, args: &[&str]) -> String {
+        cmd_on(TcpStream::connect(("127.0.0.1", self.port)).unwrap(), args)
+    }
+
+    /// XADD with an automatic id; returns the id.
+    fn xadd(&self, key: &str, payload: &str) -> String {
+        let id = self.cmd(&["XADD", key, "*", "payload", payload]);
+        assert!(id.contains('-'), "XADD answered {id:?}");
+        id
+    }
+
+    fn url(&self, keys: &str) -> String {
+        format!("redis-stream://127.0.0.1:{}/{keys}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One command in RESP; the first line of the answer (a bulk string's value for bulk replies).
+fn cmd_on(mut s: TcpStream, args: &[&str]) -> String {
+    s.set_read_timeout(Some(T)).unwrap();
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    if s.write_all(req.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    if r.read_line(&mut line).unwrap_or(0) == 0 {
+        return String::new();
+    }
+    if line.starts_with('$') {
+        line.clear();
+        let _ = r.read_line(&mut line);
+    }
+    line.trim_end().to_string()
+}
+
+/// `yorker serve --ingest URL` with an admin listener. Killed when dropped.
+struct Origin {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Origin {
+    fn start(url: &str, listen: &str) -> Origin {
+        let (child, addr, admin) = support::serve_with_admin(&[
+            "--listen",
+            listen,
+            "--cores",
+            "1",
+            "--stats-interval",
+            "0",
+            "--ingest",
+            url,
+        ]);
+        Origin { child, addr, admin }
+    }
+
+    fn ready(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(self.admin) else {
+            return false;
+        };
+        s.set_read_timeout(Some(T)).unwrap();
+        let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        resp.starts_with("HTTP/1.1 200")
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn subscriber(o: &Origin, topic: &str, resume: Option<ResumeFrom>) -> (Client, SubAckEntry) {
+    let mut c = Client::connect(o.addr, Role::Subscriber);
+    let ack = c.subscribe_with(vec![SubscribeEntry {
+        topic: topic.into(),
+        resume,
+        conflate: false,
+        presence: false,
+    }]);
+    let e = ack.entries[0];
+    (c, e)
+}
+
+fn epoch(c: &Client) -> u64 {
+    c.welcome.as_ref().expect("welcomed").epoch
+}
+
+/// The stream's entries reach subscribers in order, numbered by their position in the stream
+/// (entries added before the origin started included), stamped with their entry ids' time.
+#[test]
+fn stream_entries_reach_subscribers_in_order_numbered_by_the_stream() {
+    let redis = Redis::fresh();
+    for p in ["a", "b", "c"] {
+        redis.xadd("score/1", p);
+    }
+    let o = Origin::start(&redis.url("score/1,score/2"), "127.0.0.1:0");
+    wait_for(T, "ingest synced", || o.ready());
+    let (mut c, ack) = subscriber(&o, "score/1", None);
+    assert_eq!((ack.result, ack.seq), (SubResult::Ok, 3));
+    let snap = c.next_update(T).expect("the latest value");
+    assert_eq!((snap.seq, &snap.payload[..]), (3, &b"c"[..]));
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(redis.xadd("score/1", &format!("u{i}")));
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let u = c.next_update(T).expect("every entry");
+        assert_eq!(u.seq, 4 + i as u64);
+        assert_eq!(u.payload, format!("u{i}").into_bytes());
+        let ms: u64 = id.split('-').next().unwrap().parse().unwrap();
+        assert_eq!(
+            u.timestamp_us,
+            ms * 1000,
+            "stamped with the entry id's time"
+        );
+    }
+    // The other stream is another topic, numbered on its own.
+    let (mut c2, ack) = subscriber(&o, "score/2", None);
+    assert_eq!((ack.result, ack.seq), (SubResult::Ok, 0));
+    redis.xadd("score/2", "first");
+    assert_eq!(c2.next_update(T).expect("score/2").seq, 1);
+}
+
+/// Two origins on the same stream give every update the same epoch, number, timestamp and
+/// payload; one of them killed and started again carries on from the stream, and its clients
+/// resume (`resumed`, the missed updates replayed) instead of resetting.
+#[test]
+fn origins_on_one_stream_number_alike_and_a_restart_resumes() {
+    let redis = Redis::fresh();
+    redis.xadd("match/9", "toss");
+    let a = Origin::start(&redis.url("match/9"), "127.0.0.1:0");
+    let b = Origin::start(&redis.url("match/9"), "127.0.0.1:0");
+    wait_for(T, "both synced", || a.ready() && b.ready());
+    let (mut ca, _) = subscriber(&a, "match/9", None);
+    let (mut cb, _) = subscriber(&b, "match/9", None);
+    assert_eq!(epoch(&ca), epoch(&cb), "one epoch for one stream");
+    for c in [&mut ca, &mut cb] {
+        assert_eq!(c.next_update(T).expect("snapshot").seq, 1);
+    }
+    for i in 0..30 {
+        redis.xadd("match/9", &format!("ball {i}"));
+    }
+    for _ in 0..30 {
+        let (ua, ub) = (ca.next_update(T).unwrap(), cb.next_update(T).unwrap());
+        assert_eq!(
+            (ua.seq, ua.timestamp_us, ua.flags, &ua.payload),
+            (ub.seq, ub.timestamp_us, ub.flags, &ub.payload)
+        );
+    }
+    // Restart A on the same port while the stream moves on.
+    let listen = a.addr.to_string();
+    let old_epoch = epoch(&ca);
+    drop(a);
+    redis.xadd("match/9", "while down 1");
+    redis.xadd("match/9", "while down 2");
+    let a = Origin::start(&redis.url("match/9"), &listen);
+    wait_for(T, "restarted origin synced", || a.ready());
+    let (mut again, ack) = subscriber(
+        &a,
+        "match/9",
+        Some(ResumeFrom {
+            epoch: old_epoch,
+            seq: 31,
+        }),
+    );
+    assert_eq!(epoch(&again), old_epoch, "the restart keeps the epoch");
+    assert_eq!(ack.result, SubResult::Resumed, "{ack:?}");
+    for (seq, p) in [(32, "while down 1"), (33, "while down 2")] {
+        let u = again.next_update(T).expect("replayed");
+        assert_eq!((u.seq, u.flags, &u.payload[..]), (seq, 0, p.as_bytes()));
+    }
+}
+
+/// The stream's server goes away: the origin is not ready (readiness says why), subscribers
+/// keep the last value (new ones get it too), and when the stream is back the numbering goes on.
+#[test]
+fn a_stream_outage_shows_and_clients_keep_their_last_values() {
+    let mut redis = Redis::fresh();
+    redis.xadd("odds/3", "2.10");
+    let o = Origin::start(&redis.url("odds/3"), "127.0.0.1:0");
+    wait_for(T, "synced", || o.ready());
+    let (mut c, _) = subscriber(&o, "odds/3", None);
+    assert_eq!(c.next_update(T).unwrap().seq, 1);
+    redis.kill();
+    wait_for(T, "not ready while the stream is away", || !o.ready());
+    let (mut late, ack) = subscriber(&o, "odds/3", None);
+    assert_eq!((ack.result, ack.seq), (SubResult::Ok, 1));
+    assert_eq!(&late.next_update(T).unwrap().payload[..], b"2.10");
+    let redis = Redis::start(redis.port, redis.dir.clone());
+    wait_for(T, "ready again", || o.ready());
+    redis.xadd("odds/3", "1.95");
+    for cl in [&mut c, &mut late] {
+        let u = cl.next_update(T).expect("the stream goes on");
+        assert_eq!((u.seq, u.flags, &u.payload[..]), (2, 0, &b"1.95"[..]));
+    }
+}
