@@ -31,6 +31,11 @@ pub enum Source {
     },
     /// An upstream engine over TCP.
     Upstream,
+    /// Several upstream engines over TCP, HOST:PORT each: origins reading one replicated log
+    /// (docs/SCALE-OUT.md), which share epoch and numbers. The relay follows one; when its
+    /// session fails or ends it moves to the next, and since the numbers are the same there,
+    /// its clients see no RESET for topics that did not move meanwhile.
+    Upstreams(Vec<String>),
 }
 
 /// A running follower thread.
@@ -49,7 +54,13 @@ impl Follower {
         let thread = match source {
             Source::Upstream => std::thread::Builder::new()
                 .name("yorker-upstream".into())
-                .spawn(move || follow_tcp(upstream, injector, &st))?,
+                .spawn(move || {
+                    let addrs = vec![upstream.addr.clone()];
+                    follow_tcp(upstream, &addrs, injector, &st)
+                })?,
+            Source::Upstreams(addrs) => std::thread::Builder::new()
+                .name("yorker-upstream".into())
+                .spawn(move || follow_tcp(upstream, &addrs, injector, &st))?,
             Source::Multicast {
                 groups,
                 interface,
@@ -156,10 +167,15 @@ fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
     !stop.load(Ordering::Acquire)
 }
 
-fn follow_tcp(cfg: UpstreamConfig, injector: Injector, stop: &AtomicBool) {
+/// Follows the upstream at `addrs[0]`; when a session fails or ends, the next address in turn
+/// (the same one again when there is only one), after the backoff or the GOAWAY's hint. With
+/// several addresses a failed upstream is left at once, without waiting.
+fn follow_tcp(mut cfg: UpstreamConfig, addrs: &[String], injector: Injector, stop: &AtomicBool) {
     let mut attempt = 0u32;
     let mut first = true;
+    let mut next = 0usize;
     while !stop.load(Ordering::Acquire) {
+        cfg.addr = addrs[next % addrs.len()].clone();
         let r = upstream::session(&cfg, &injector, true, stop, &mut |s| {
             tracing::info!(
                 "synced with upstream {} (epoch {:#x}, {} topics)",
@@ -171,9 +187,11 @@ fn follow_tcp(cfg: UpstreamConfig, injector: Injector, stop: &AtomicBool) {
                 FeedStats::add(&injector.stats().snapshot_fallbacks, 1);
             }
             first = false;
+            attempt = 0;
             injector.stats().synced.store(true, Ordering::Release);
         });
         injector.stats().synced.store(false, Ordering::Release);
+        next += 1;
         let wait = match r {
             Err(UpstreamError::Stopped) => return,
             Err(UpstreamError::GoAway { after_ms, .. }) => {
@@ -181,9 +199,23 @@ fn follow_tcp(cfg: UpstreamConfig, injector: Injector, stop: &AtomicBool) {
                 Duration::from_millis(after_ms as u64)
             }
             Err(e) => {
-                tracing::warn!("upstream session ended: {e}");
                 attempt += 1;
-                backoff(attempt)
+                if addrs.len() > 1 {
+                    tracing::warn!(
+                        "upstream session ended: {e}; trying {}",
+                        addrs[next % addrs.len()]
+                    );
+                    // Another upstream may be fine: no wait before the first try of each
+                    // round, the backoff once every one of them has failed.
+                    if attempt as usize % addrs.len() != 0 {
+                        Duration::ZERO
+                    } else {
+                        backoff(attempt / addrs.len() as u32)
+                    }
+                } else {
+                    tracing::warn!("upstream session ended: {e}");
+                    backoff(attempt)
+                }
             }
             Ok(_) => backoff(0),
         };

@@ -46,20 +46,22 @@ fn start_follower(
     let upstream = UpstreamConfig {
         addr: r
             .upstream
-            .clone()
+            .first()
+            .cloned()
             .or_else(|| r.recovery.clone())
             .unwrap_or_default(),
         key: r.upstream_key.clone(),
         connect_timeout: Duration::from_secs(5),
     };
-    let source = match (&r.upstream, args.multicast_if) {
-        (Some(_), _) => Source::Upstream,
-        (None, Some(interface)) => Source::Multicast {
+    let source = match (r.upstream.len(), args.multicast_if) {
+        (1, _) => Source::Upstream,
+        (2.., _) => Source::Upstreams(r.upstream.clone()),
+        (0, Some(interface)) => Source::Multicast {
             groups: r.multicast_in.clone(),
             interface,
             receiver: r.receiver(args.multicast_channel),
         },
-        (None, None) => unreachable!("RelayArgs::check requires --multicast-if"),
+        (0, None) => unreachable!("RelayArgs::check requires --multicast-if"),
     };
     Follower::start(source, upstream, Injector::for_server(server, stats))
 }

@@ -311,8 +311,16 @@ pub struct RelayArgs {
     #[arg(long, env = "YORKER_RECOVERY")]
     pub recovery: Option<String>,
     /// Follow an upstream engine (origin or relay) over TCP instead of multicast: HOST:PORT.
-    #[arg(long, env = "YORKER_UPSTREAM", conflicts_with = "multicast_in")]
-    pub upstream: Option<String>,
+    /// Several (HOST:PORT,HOST:PORT): origins reading one replicated log (docs/SCALE-OUT.md),
+    /// tried in turn when the one followed fails; they share epoch and numbers, so clients
+    /// see no RESET for topics that did not move during the switch.
+    #[arg(
+        long,
+        env = "YORKER_UPSTREAM",
+        conflicts_with = "multicast_in",
+        value_delimiter = ','
+    )]
+    pub upstream: Vec<String>,
     /// Relay key the upstream or origin expects (its --relay-key).
     #[arg(long, env = "YORKER_UPSTREAM_KEY", hide_env_values = true)]
     pub upstream_key: Option<String>,
@@ -345,12 +353,12 @@ impl RelayArgs {
         if !serve.multicast_out.is_empty() {
             return Err("--multicast-out is for origins; a relay serves further relays over TCP (--upstream)".into());
         }
-        match (&self.upstream, self.multicast_in.is_empty()) {
-            (None, true) => {
+        match (self.upstream.is_empty(), self.multicast_in.is_empty()) {
+            (true, true) => {
                 Err("a relay needs --multicast-in GROUP:PORT or --upstream HOST:PORT".into())
             }
-            (Some(_), _) => Ok(()),
-            (None, false) => {
+            (false, _) => Ok(()),
+            (true, false) => {
                 if serve.multicast_if.is_none() {
                     return Err("--multicast-in needs --multicast-if ADDR (the local interface to join the group on)".into());
                 }

@@ -142,8 +142,46 @@ impl Origin {
             "0",
             "--ingest",
             url,
+            "--relay-key",
+            RELAY_KEY,
         ]);
         Origin { child, addr, admin }
+    }
+
+    /// `yorker relay` following `upstreams` (HOST:PORT,...) over TCP.
+    fn relay(upstreams: &str) -> Origin {
+        let (child, addr, admin) = support::run_with_admin(
+            "relay",
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--cores",
+                "1",
+                "--stats-interval",
+                "0",
+                "--upstream",
+                upstreams,
+                "--upstream-key",
+                RELAY_KEY,
+            ],
+        );
+        Origin { child, addr, admin }
+    }
+
+    /// A feed counter from /metrics.
+    fn feed_counter(&self, name: &str) -> u64 {
+        let Ok(mut s) = TcpStream::connect(self.admin) else {
+            return 0;
+        };
+        s.set_read_timeout(Some(T)).unwrap();
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        let key = format!("yorker_feed_total{{counter=\"{name}\"}} ");
+        resp.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     fn ready(&self) -> bool {
@@ -289,4 +327,43 @@ fn a_stream_outage_shows_and_clients_keep_their_last_values() {
         let u = cl.next_update(T).expect("the stream goes on");
         assert_eq!((u.seq, u.flags, &u.payload[..]), (2, 0, &b"1.95"[..]));
     }
+}
+
+/// A relay following two origins on one stream (`--upstream A,B`) moves to B when A dies; B
+/// has the same epoch and numbers, so the relay's clients see no RESET and no gap.
+#[test]
+fn a_relay_fails_over_between_origins_on_one_stream_without_reset() {
+    let redis = Redis::fresh();
+    redis.xadd("match/7", "toss");
+    let a = Origin::start(&redis.url("match/7"), "127.0.0.1:0");
+    let b = Origin::start(&redis.url("match/7"), "127.0.0.1:0");
+    wait_for(T, "origins synced", || a.ready() && b.ready());
+    let relay = Origin::relay(&format!("{},{}", a.addr, b.addr));
+    wait_for(T, "relay synced", || relay.ready());
+    let (mut c, ack) = subscriber(&relay, "match/7", None);
+    assert_eq!((ack.result, ack.seq), (SubResult::Ok, 1));
+    assert_eq!(c.next_update(T).unwrap().seq, 1);
+    for i in 0..5 {
+        redis.xadd("match/7", &format!("before {i}"));
+    }
+    for seq in 2..=6 {
+        let u = c.next_update(T).expect("through A");
+        assert_eq!((u.seq, u.flags), (seq, 0));
+    }
+    drop(a);
+    wait_for(T, "the relay synced with B", || {
+        relay.feed_counter("snapshot_fallbacks") >= 1
+    });
+    for i in 0..5 {
+        redis.xadd("match/7", &format!("after {i}"));
+    }
+    for (k, seq) in (7..=11).enumerate() {
+        let u = c.next_update(T).expect("through B");
+        assert_eq!(
+            (u.seq, u.flags, &u.payload[..]),
+            (seq, 0, format!("after {k}").as_bytes()),
+            "no RESET, no gap"
+        );
+    }
+    assert_eq!(relay.feed_counter("resets"), 0);
 }

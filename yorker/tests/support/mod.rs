@@ -8,8 +8,13 @@ use std::process::{Child, Command, Stdio};
 /// and admin addresses, read from its log; its stderr keeps being drained so that the engine
 /// never blocks on a full pipe.
 pub fn serve_with_admin(args: &[&str]) -> (Child, SocketAddr, SocketAddr) {
+    run_with_admin("serve", args)
+}
+
+/// As [`serve_with_admin`], for `yorker <command>` (`serve` or `relay`).
+pub fn run_with_admin(command: &str, args: &[&str]) -> (Child, SocketAddr, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_yorker"))
-        .arg("serve")
+        .arg(command)
         .args(args)
         .args(["--admin-listen", "127.0.0.1:0"])
         .stderr(Stdio::piped())
