@@ -12,12 +12,15 @@
 //! for it) and hands every entry to the engine through the relay [`Injector`], exactly as a
 //! relay applies its origin's updates: in order, duplicates dropped, a gap announced as
 //! SNAPSHOT|RESET. [`numbering`] is the sans-IO part.
+//!
+//! The other direction, client messages into the log, is [`sink`] (`yorker sink`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod numbering;
 mod redis_stream;
+pub mod sink;
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -37,6 +37,40 @@ pub fn relay(args: ServeArgs, relay: RelayArgs) -> ExitCode {
     run(args, Some(relay))
 }
 
+/// Runs `yorker sink` until SIGTERM or SIGINT: 0 when stopped, 1 when the engine refused its
+/// key, 2 for a bad destination.
+pub fn sink(args: crate::config::SinkArgs) -> ExitCode {
+    init_logs(args.log_format);
+    let (redis, stream, maxlen) = match yorker_ingest::sink::SinkConfig::destination(&args.to) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!("--to: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cfg = yorker_ingest::sink::SinkConfig {
+        engine: args.engine,
+        backend_key: args.backend_key,
+        redis,
+        stream,
+        maxlen,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [SIGTERM, SIGINT] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            tracing::error!("cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    match yorker_ingest::sink::run(&cfg, &stop) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("sink: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn start_follower(
     server: &Server,
     args: &ServeArgs,

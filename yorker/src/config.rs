@@ -643,3 +643,20 @@ mod tests {
             .contains("one CPU per shard"));
     }
 }
+
+/// Flags of `yorker sink`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SinkArgs {
+    /// The engine whose client messages to take, HOST:PORT.
+    #[arg(long, env = "YORKER_SINK_ENGINE", default_value = "127.0.0.1:7000")]
+    pub engine: String,
+    /// The engine's backend key (its --backend-key), or a token with role backend.
+    #[arg(long, env = "YORKER_BACKEND_KEY", hide_env_values = true)]
+    pub backend_key: String,
+    /// Where messages go: redis-stream://HOST:PORT/KEY[?maxlen=N] (MAXLEN ~ N trims it).
+    #[arg(long, env = "YORKER_SINK_TO")]
+    pub to: String,
+    /// Log lines as text (default) or one JSON object per line.
+    #[arg(long, env = "YORKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}

@@ -31,6 +31,10 @@ enum Command {
     /// Print the effective settings of `yorker serve` (from --config, YORKER_* variables and
     /// flags; keys hidden) and check them as `serve` would; exit 2 when they are invalid.
     CheckConfig(ServeArgs),
+    /// A backend that appends every client message (MESSAGE) of an engine to a Redis stream,
+    /// keyed by the sender's user (docs/SCALE-OUT.md). Runs until SIGTERM/SIGINT; exits 1 when
+    /// the engine refuses its key.
+    Sink(yorker::config::SinkArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
             let (_, m) = matches.subcommand().expect("a subcommand");
             check_config(&args, m)
         }
+        Command::Sink(args) => yorker::cli::sink(args),
     }
 }
 

@@ -124,6 +124,39 @@ fn cmd_on(mut s: TcpStream, args: &[&str]) -> String {
     line.trim_end().to_string()
 }
 
+/// One command in RESP; every string of the reply, flattened (arrays of bulk strings).
+fn cmd_all(port: u16, args: &[&str]) -> Vec<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).unwrap();
+    let mut r = BufReader::new(s);
+    let mut out = Vec::new();
+    let mut pending = 1i64;
+    while pending > 0 {
+        pending -= 1;
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let (kind, rest) = line.trim_end().split_at(1);
+        match kind {
+            "*" => pending += rest.parse::<i64>().unwrap().max(0),
+            "$" => {
+                let n: i64 = rest.parse().unwrap();
+                if n >= 0 {
+                    let mut b = vec![0u8; n as usize + 2];
+                    r.read_exact(&mut b).unwrap();
+                    out.push(String::from_utf8_lossy(&b[..n as usize]).into_owned());
+                }
+            }
+            _ => out.push(rest.to_string()),
+        }
+    }
+    out
+}
+
 /// `yorker serve --ingest URL` with an admin listener. Killed when dropped.
 struct Origin {
     child: Child,
@@ -366,4 +399,95 @@ fn a_relay_fails_over_between_origins_on_one_stream_without_reset() {
         );
     }
     assert_eq!(relay.feed_counter("resets"), 0);
+}
+
+/// `yorker sink`: a backend that appends every client message to a Redis stream, keyed by user.
+/// Each MESSAGE acknowledged ok is in the stream, with its user, session, request id, routing
+/// key and payload.
+#[test]
+fn client_messages_reach_the_stream_through_the_sink() {
+    let redis = Redis::fresh();
+    let (engine, addr, _admin) = support::serve_with_admin(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--cores",
+        "1",
+        "--stats-interval",
+        "0",
+        "--backend-key",
+        "sink-key",
+        "--anonymous-messages",
+    ]);
+    let _engine = Origin {
+        child: engine,
+        addr,
+        admin: _admin,
+    };
+    let mut sink = Command::new(env!("CARGO_BIN_EXE_yorker"))
+        .args([
+            "sink",
+            "--engine",
+            &addr.to_string(),
+            "--backend-key",
+            "sink-key",
+        ])
+        .args([
+            "--to",
+            &format!("redis-stream://127.0.0.1:{}/bets", redis.port),
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("yorker sink");
+    let mut c = Client::raw(addr);
+    c.hello_with(3, Role::Subscriber, String::new(), T)
+        .expect("WELCOME");
+    let session = c.welcome.as_ref().unwrap().session_id;
+    let send = |c: &mut Client, id: u32, payload: &str| {
+        c.send(&Frame::Message(Message {
+            request_id: id,
+            routing_key: "match/1".into(),
+            payload: payload.as_bytes().to_vec().into(),
+        }));
+        loop {
+            match c.next(T) {
+                Some(Frame::Ack {
+                    request_id, code, ..
+                }) if request_id == id => return code,
+                Some(Frame::Heartbeat) => continue,
+                other => panic!("expected ACK {id}, got {other:?}"),
+            }
+        }
+    };
+    // Until the sink is connected: no_backend (21).
+    let mut id = 0;
+    wait_for(T, "the sink is a backend", || {
+        id += 1;
+        let code = send(&mut c, id, "probe");
+        assert!(code == 0 || code == 21, "ACK code {code}");
+        code == 0
+    });
+    for i in 0..10 {
+        id += 1;
+        assert_eq!(send(&mut c, id, &format!("bet {i}")), 0, "acknowledged ok");
+    }
+    wait_for(T, "11 entries in the stream", || {
+        cmd_all(redis.port, &["XLEN", "bets"]) == ["11"]
+    });
+    let last = cmd_all(redis.port, &["XREVRANGE", "bets", "+", "-", "COUNT", "1"]);
+    let fields = &last[1..];
+    let want = [
+        "user",
+        "",
+        "session",
+        &session.to_string(),
+        "request",
+        &id.to_string(),
+        "key",
+        "match/1",
+        "payload",
+        "bet 9",
+    ];
+    assert_eq!(fields, want);
+    let _ = sink.kill();
+    let _ = sink.wait();
 }
