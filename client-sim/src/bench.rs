@@ -81,6 +81,15 @@ pub struct BenchArgs {
     /// its relays: latency is then origin -> relay -> client).
     #[arg(long)]
     pub publish_addr: Option<SocketAddr>,
+    /// Publish by XADD to the Redis stream named like the topic on this Redis server
+    /// (HOST:PORT) instead of to the engine, for an engine that ingests it
+    /// (`--ingest redis-stream://HOST:PORT/<--topic>`): latency is then producer -> Redis ->
+    /// engine -> client.
+    #[arg(long)]
+    pub publish_stream: Option<SocketAddr>,
+    /// The topic (default: a fresh `bench/<pid>-<n>`).
+    #[arg(long)]
+    pub topic: Option<String>,
     /// Also probe the server's responsiveness: one more connection sends a PING every this
     /// many ms (yorker PING, Redis PING, NATS PING), first for --probe-idle-s with the
     /// subscribers connected and no publishing, then during the bench; both are reported.
@@ -124,7 +133,10 @@ pub fn run(a: &BenchArgs) -> Result<i32, String> {
     if a.size < 16 {
         return Err("--size must be at least 16 (publish time and index)".into());
     }
-    let topic = format!("bench/{}-{}", std::process::id(), unix_us() % 1_000_000);
+    let topic = a
+        .topic
+        .clone()
+        .unwrap_or_else(|| format!("bench/{}-{}", std::process::id(), unix_us() % 1_000_000));
     let updates = match a.mode {
         Mode::Burst => a.bursts,
         Mode::Rate => (a.rate * a.duration) as usize,
@@ -202,8 +214,11 @@ pub fn run(a: &BenchArgs) -> Result<i32, String> {
         None
     };
     let addr = a.publish_addr.unwrap_or(a.addrs[0]);
-    let mut publisher =
-        Publisher::connect_proto(addr, &a.key, a.proto).map_err(|e| e.to_string())?;
+    let mut publisher = match a.publish_stream {
+        Some(redis) => Publisher::connect_stream(redis),
+        None => Publisher::connect_proto(addr, &a.key, a.proto),
+    }
+    .map_err(|e| e.to_string())?;
     let server_pid = a.server_pid.map(|p| p.to_string());
     let server_cpu = || server_pid.as_deref().map(process_cpu_seconds);
     let scpu0 = server_cpu();

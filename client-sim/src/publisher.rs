@@ -16,6 +16,8 @@ pub struct Publisher {
     out: BufWriter<TcpStream>,
     buf: BytesMut,
     proto: Proto,
+    /// Publishes by XADD to the Redis stream named like the topic (an engine's --ingest).
+    xadd: bool,
 }
 
 /// Why publishing failed.
@@ -91,7 +93,18 @@ impl Publisher {
             out: BufWriter::with_capacity(64 * 1024, s),
             buf: BytesMut::new(),
             proto,
+            xadd: false,
         })
+    }
+
+    /// A publisher that appends to Redis streams (`XADD <topic> * payload <bytes>`) at `addr`,
+    /// for an engine that ingests them (`yorker serve --ingest redis-stream://...`).
+    pub fn connect_stream(addr: SocketAddr) -> Result<Publisher, PublishError> {
+        let s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        let mut p = Publisher::connect_peer(s, Proto::Redis)?;
+        p.xadd = true;
+        Ok(p)
     }
 
     fn connect_peer(s: TcpStream, proto: Proto) -> Result<Publisher, PublishError> {
@@ -135,6 +148,7 @@ impl Publisher {
             out: BufWriter::with_capacity(64 * 1024, s),
             buf: BytesMut::new(),
             proto,
+            xadd: false,
         })
     }
 
@@ -147,6 +161,10 @@ impl Publisher {
         payload: &[u8],
     ) -> Result<(), PublishError> {
         self.buf.clear();
+        if self.xadd {
+            let cmd = redis::command(&[b"XADD", topic.as_bytes(), b"*", b"payload", payload]);
+            return Ok(self.out.write_all(&cmd)?);
+        }
         match self.proto {
             Proto::Yorker
             | Proto::Ws
