@@ -176,6 +176,14 @@ impl Ingest {
     pub fn start(cfg: IngestConfig, injector: Injector) -> std::io::Result<Ingest> {
         let epoch = cfg.epoch();
         injector.registry().adopt_epoch(epoch);
+        // Before anything else can publish to them: these topics take their numbers from the
+        // stream only.
+        let IngestSource::RedisStream { keys, .. } = &cfg.source;
+        for key in keys {
+            if let Ok(t) = injector.topic(key) {
+                injector.registry().mark_fed(&t);
+            }
+        }
         tracing::info!("ingest: epoch {epoch:#x} from {}", describe(&cfg.source));
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();

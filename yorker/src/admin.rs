@@ -529,6 +529,11 @@ fn publish_one(st: &AdminState, it: &Value, max_payload: usize) -> Result<(u64, 
     };
     let reg = st.server.registry();
     let t = reg.get_or_create(name).map_err(|e| e.to_string())?;
+    if t.is_fed() {
+        return Err(format!(
+            "{name} is fed by the ingest (its numbers come from the stream): append to the stream instead"
+        ));
+    }
     let unix_us = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)

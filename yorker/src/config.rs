@@ -256,7 +256,7 @@ pub struct ServeArgs {
     /// Take updates from an existing replicated log (docs/SCALE-OUT.md):
     /// redis-stream://HOST:PORT/KEY[,KEY...][?field=payload&history=64&verify-ms=5000]. Each
     /// stream is the topic of the same name, numbered by the stream, so origins on the same
-    /// streams number every update alike. Do not also publish to those topics.
+    /// streams number every update alike. Publishing to those topics is refused.
     #[arg(long, env = "YORKER_INGEST")]
     pub ingest: Option<yorker_ingest::IngestConfig>,
     /// The admin HTTP listener (metrics, health, HTTP publish, drain): ADDR:PORT, or a bare PORT

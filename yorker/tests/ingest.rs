@@ -167,6 +167,8 @@ struct Origin {
 impl Origin {
     fn start(url: &str, listen: &str) -> Origin {
         let (child, addr, admin) = support::serve_with_admin(&[
+            "--publisher-key",
+            KEY,
             "--listen",
             listen,
             "--cores",
@@ -490,4 +492,34 @@ fn client_messages_reach_the_stream_through_the_sink() {
     assert_eq!(fields, want);
     let _ = sink.kill();
     let _ = sink.wait();
+}
+
+/// A topic the stream numbers takes no PUBLISH (nor POST, nor HTTP publish): a number taken
+/// there would collide with the stream's. The publisher gets ERROR not_publisher saying why;
+/// the stream's numbering goes on untouched, and other topics publish as usual.
+#[test]
+fn publishing_to_an_ingested_topic_is_refused() {
+    let redis = Redis::fresh();
+    redis.xadd("score/5", "first");
+    let o = Origin::start(&redis.url("score/5"), "127.0.0.1:0");
+    wait_for(T, "synced", || o.ready());
+    let (mut c, _) = subscriber(&o, "score/5", None);
+    assert_eq!(c.next_update(T).unwrap().seq, 1);
+    let mut p = Client::connect(o.addr, Role::Publisher);
+    p.publish("score/5", 0, b"forged");
+    match p.next(T) {
+        Some(Frame::Error(e)) => {
+            assert_eq!(e.code, ErrorCode::NotPublisher as u16);
+            assert!(e.message.contains("fed by the ingest"), "{}", e.message);
+        }
+        other => panic!("expected ERROR not_publisher, got {other:?}"),
+    }
+    redis.xadd("score/5", "second");
+    let u = c.next_update(T).expect("the stream goes on");
+    assert_eq!((u.seq, &u.payload[..]), (2, &b"second"[..]));
+    // Another topic is published to as usual.
+    let (mut other, _) = subscriber(&o, "chat/1", None);
+    let mut p = Client::connect(o.addr, Role::Publisher);
+    p.publish("chat/1", 0, b"hello");
+    assert_eq!(other.next_update(T).expect("published").seq, 1);
 }

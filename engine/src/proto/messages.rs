@@ -544,6 +544,10 @@ impl Shard {
             Ok(t) => t,
             Err(_) => return self.refuse_message(slot, req, ErrorCode::TopicLimit, false),
         };
+        if t.is_fed() {
+            // Numbered by the ingest's stream: a number taken here would collide with it.
+            return self.refuse_message(slot, req, ErrorCode::Forbidden, false);
+        }
         self.stats.updates_in += 1;
         self.stats.posts += 1;
         let skip = if p.flags & update_flags::NO_ECHO != 0 {

@@ -115,7 +115,17 @@ pub struct Topic {
     pub name: Arc<str>,
     /// Its TOPIC frame (for relay links), encoded once.
     pub topic_frame: Bytes,
+    /// Numbered by an ingest source (a stream): publishers, POSTs and HTTP publish are refused,
+    /// since a number they took would collide with the stream's.
+    fed: std::sync::atomic::AtomicBool,
     state: Mutex<TopicState>,
+}
+
+impl Topic {
+    /// Whether an ingest source numbers this topic (see [`Registry::mark_fed`]).
+    pub fn is_fed(&self) -> bool {
+        self.fed.load(Ordering::Acquire)
+    }
 }
 
 /// Lifecycle of one topic id, kept under the index lock.
@@ -309,6 +319,12 @@ impl Registry {
         true
     }
 
+    /// Ingest only: `topic` is numbered by an external source from now on; nothing else may
+    /// publish to it.
+    pub fn mark_fed(&self, topic: &Topic) {
+        topic.fed.store(true, Ordering::Release);
+    }
+
     /// Feeds only: `topic`'s numbering restarted at its source (a stream deleted and created
     /// again). Its history goes, and its next update reaches subscribers as SNAPSHOT|RESET
     /// whatever its number (see [`Registry::apply`]); resumes from the old numbers get `reset`.
@@ -476,6 +492,7 @@ impl Registry {
             }
             .to_bytes()
             .expect("topic names fit a str8"),
+            fed: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(TopicState::default()),
         });
         if id as usize > topics.len() {

@@ -398,6 +398,13 @@ impl Shard {
                 return self.fail(slot, ErrorCode::TopicLimit, &msg, now);
             }
         };
+        if t.is_fed() {
+            let msg = format!(
+                "{} is fed by the ingest (its numbers come from the stream): append to the stream instead",
+                p.topic
+            );
+            return self.fail(slot, ErrorCode::NotPublisher, &msg, now);
+        }
         self.stats.updates_in += 1;
         // The driver applies it (sequence number, encode once, every shard's inbox) in the
         // order of these outputs, so one publisher's updates keep their order.
