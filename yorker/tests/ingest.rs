@@ -205,29 +205,17 @@ impl Origin {
 
     /// A feed counter from /metrics.
     fn feed_counter(&self, name: &str) -> u64 {
-        let Ok(mut s) = TcpStream::connect(self.admin) else {
-            return 0;
-        };
-        s.set_read_timeout(Some(T)).unwrap();
-        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        let mut resp = String::new();
-        let _ = s.read_to_string(&mut resp);
+        let (_, metrics) = support::http(self.admin, "GET", "/metrics", &[], "");
         let key = format!("yorker_feed_total{{counter=\"{name}\"}} ");
-        resp.lines()
+        metrics
+            .lines()
             .find_map(|l| l.strip_prefix(&key))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
     }
 
     fn ready(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(self.admin) else {
-            return false;
-        };
-        s.set_read_timeout(Some(T)).unwrap();
-        let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        let mut resp = String::new();
-        let _ = s.read_to_string(&mut resp);
-        resp.starts_with("HTTP/1.1 200")
+        support::http(self.admin, "GET", "/readyz", &[], "").0 == 200
     }
 }
 
@@ -248,6 +236,14 @@ fn subscriber(o: &Origin, topic: &str, resume: Option<ResumeFrom>) -> (Client, S
     }]);
     let e = ack.entries[0];
     (c, e)
+}
+
+/// Two origins ingesting stream `key`, both following it.
+fn two_origins(redis: &Redis, key: &str) -> (Origin, Origin) {
+    let a = Origin::start(&redis.url(key), "127.0.0.1:0");
+    let b = Origin::start(&redis.url(key), "127.0.0.1:0");
+    wait_for(T, "both origins synced", || a.ready() && b.ready());
+    (a, b)
 }
 
 fn epoch(c: &Client) -> u64 {
@@ -297,9 +293,7 @@ fn stream_entries_reach_subscribers_in_order_numbered_by_the_stream() {
 fn origins_on_one_stream_number_alike_and_a_restart_resumes() {
     let redis = Redis::fresh();
     redis.xadd("match/9", "toss");
-    let a = Origin::start(&redis.url("match/9"), "127.0.0.1:0");
-    let b = Origin::start(&redis.url("match/9"), "127.0.0.1:0");
-    wait_for(T, "both synced", || a.ready() && b.ready());
+    let (a, b) = two_origins(&redis, "match/9");
     let (mut ca, _) = subscriber(&a, "match/9", None);
     let (mut cb, _) = subscriber(&b, "match/9", None);
     assert_eq!(epoch(&ca), epoch(&cb), "one epoch for one stream");
@@ -370,9 +364,7 @@ fn a_stream_outage_shows_and_clients_keep_their_last_values() {
 fn a_relay_fails_over_between_origins_on_one_stream_without_reset() {
     let redis = Redis::fresh();
     redis.xadd("match/7", "toss");
-    let a = Origin::start(&redis.url("match/7"), "127.0.0.1:0");
-    let b = Origin::start(&redis.url("match/7"), "127.0.0.1:0");
-    wait_for(T, "origins synced", || a.ready() && b.ready());
+    let (a, b) = two_origins(&redis, "match/7");
     let relay = Origin::relay(&format!("{},{}", a.addr, b.addr));
     wait_for(T, "relay synced", || relay.ready());
     let (mut c, ack) = subscriber(&relay, "match/7", None);

@@ -3,8 +3,9 @@
 #[path = "../../engine/tests/common/mod.rs"]
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -14,12 +15,30 @@ use yorker_wire::*;
 const T: Duration = Duration::from_secs(10);
 
 /// The address in the engine's "listening on ADDR ..." log line.
-fn listening_addr(line: &str) -> std::net::SocketAddr {
+fn listening_addr(line: &str) -> SocketAddr {
     line.split("listening on ")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
+
+/// Reads `child`'s stderr (piped) up to its "listening on ADDR" line: the address, the log up
+/// to it, and the reader for what follows. Panics with the log if the process exits first.
+fn wait_listening(child: &mut Child) -> (SocketAddr, String, BufReader<ChildStderr>) {
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr piped"));
+    let mut log = String::new();
+    loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+            let status = child.wait();
+            panic!("yorker exited early: {status:?}\n{log}");
+        }
+        log.push_str(&line);
+        if line.contains("listening on") {
+            return (listening_addr(&line), log, stderr);
+        }
+    }
 }
 
 fn now() -> u64 {
@@ -50,19 +69,7 @@ fn sigterm_sends_goaway_and_exits_zero() {
         .spawn()
         .expect("spawn yorker");
     // The listening line names the port.
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0,
-            "yorker exited early"
-        );
-        if line.contains("listening on") {
-            break;
-        }
-    }
-    let addr = listening_addr(&line);
+    let (addr, _, _stderr) = wait_listening(&mut child);
     let mut c = Client::connect(addr, Role::Subscriber);
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -138,7 +145,6 @@ fn impossible_cpu_lists_are_refused() {
 /// Keys rotate without a restart: SIGHUP re-reads the key files.
 #[test]
 fn sighup_reloads_the_keys() {
-    use std::io::BufRead;
     let d = dir();
     let key = d.join("rot.key");
     std::fs::write(&key, [5u8; 32]).unwrap();
@@ -150,7 +156,7 @@ fn sighup_reloads_the_keys() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("yorker starts");
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (addr, _, mut stderr) = wait_listening(&mut child);
     let mut next_line = |want: &str| loop {
         let mut line = String::new();
         assert!(
@@ -161,8 +167,6 @@ fn sighup_reloads_the_keys() {
             return line;
         }
     };
-    let line = next_line("listening on");
-    let addr = listening_addr(&line);
     let token = |secret: [u8; 32]| {
         let mut h = Header::new(Algorithm::HS256);
         h.kid = Some("main".into());
@@ -196,7 +200,6 @@ fn sighup_reloads_the_keys() {
 /// supervisor restarts it.
 #[test]
 fn a_dead_shard_drains_the_others_and_exits_1() {
-    use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_yorker"))
         .args(["serve", "--listen", "127.0.0.1:0", "--cores", "2"])
         .args(["--stats-interval", "0", "--goaway-jitter-ms", "0"])
@@ -204,19 +207,7 @@ fn a_dead_shard_drains_the_others_and_exits_1() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("yorker starts");
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut log = String::new();
-    let addr = loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "yorker exited early"
-        );
-        log.push_str(&line);
-        if line.contains("listening on") {
-            break listening_addr(&line);
-        }
-    };
+    let (addr, mut log, stderr) = wait_listening(&mut child);
     // Connections land on both shards (SO_REUSEPORT hashes their source ports).
     let mut clients: Vec<Client> = (0..40)
         .map(|_| Client::connect(addr, Role::Subscriber))
@@ -256,7 +247,6 @@ fn a_dead_shard_drains_the_others_and_exits_1() {
 /// takes is its own.
 #[test]
 fn a_restart_after_kill_9_takes_every_connection_itself() {
-    use std::io::BufRead;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -270,19 +260,8 @@ fn a_restart_after_kill_9_takes_every_connection_itself() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("yorker starts");
-        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        while !line.contains("listening on") {
-            line.clear();
-            if stderr.read_line(&mut line).unwrap_or(0) == 0 {
-                break;
-            }
-        }
-        if !line.contains("listening on") {
-            let status = child.wait();
-            panic!("yorker exited early: {status:?}");
-        }
-        (child, listening_addr(&line), stderr)
+        let (addr, _, stderr) = wait_listening(&mut child);
+        (child, addr, stderr)
     };
     let (mut old, addr, _e) = start(&listen);
     let held: Vec<Client> = (0..50)
@@ -311,7 +290,6 @@ fn a_restart_after_kill_9_takes_every_connection_itself() {
 /// runs several rings (shard threads pinned to it), and every connection receives the update.
 #[test]
 fn one_core_holds_more_connections_than_rlimit_nofile() {
-    use std::io::BufRead;
     // The test's own clients need their descriptors.
     yorker_uring::raise_nofile_limit();
     let mut child = Command::new("bash")
@@ -323,22 +301,11 @@ fn one_core_holds_more_connections_than_rlimit_nofile() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("yorker starts");
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let mut log = String::new();
-    while !line.contains("listening on") {
-        line.clear();
-        if stderr.read_line(&mut line).unwrap_or(0) == 0 {
-            let status = child.wait();
-            panic!("yorker exited early: {status:?}\n{log}");
-        }
-        log.push_str(&line);
-    }
+    let (addr, log, _stderr) = wait_listening(&mut child);
     assert!(
         log.contains("4 rings per core, 750 connections each"),
         "{log}"
     );
-    let addr = listening_addr(&line);
     let n = 2_900;
     let mut shards = std::collections::BTreeSet::new();
     let mut subs: Vec<Client> = (0..n)

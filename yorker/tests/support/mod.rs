@@ -1,8 +1,9 @@
 //! Shared by the tests that run `yorker serve` as a process with an admin listener.
 
-use std::io::BufRead;
-use std::net::SocketAddr;
+use std::io::{BufRead, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 /// Spawns `yorker serve <args> --admin-listen 127.0.0.1:0` and returns it with its listening
 /// and admin addresses, read from its log; its stderr keeps being drained so that the engine
@@ -42,4 +43,36 @@ pub fn run_with_admin(command: &str, args: &[&str]) -> (Child, SocketAddr, Socke
         }
     });
     (child, addr.unwrap(), admin.unwrap())
+}
+
+/// One HTTP/1.1 request (Connection: close); status and body.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("admin connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not HTTP: {resp:?}"));
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body.to_string())
 }
