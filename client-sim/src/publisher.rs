@@ -165,17 +165,12 @@ impl Publisher {
             let cmd = redis::command(&[b"XADD", topic.as_bytes(), b"*", b"payload", payload]);
             return Ok(self.out.write_all(&cmd)?);
         }
-        match self.proto {
-            Proto::Yorker
-            | Proto::Ws
-            | Proto::Tls
-            | Proto::Wss
-            | Proto::NatsWs
-            | Proto::NatsTls
-            | Proto::NatsWss => {}
+        // Publishers speak the protocol inside the transport (connect_proto keeps only that).
+        match self.proto.base() {
             Proto::Mqtt => return Ok(self.out.write_all(&mqtt::publish(topic, payload))?),
             Proto::Nats => return Ok(self.out.write_all(&nats::publish(topic, payload))?),
             Proto::Redis => return Ok(self.out.write_all(&redis::publish(topic, payload))?),
+            _ => {}
         }
         let mut flags = 0;
         if urgent {

@@ -26,7 +26,6 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use yorker_relay::Injector;
 
@@ -59,9 +58,9 @@ pub struct IngestConfig {
     pub verify_ms: u64,
 }
 
-/// An `--ingest` URL that cannot be used.
+/// A `redis-stream://` URL (`--ingest`, `yorker sink --to`) that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("--ingest {url:?}: {why}")]
+#[error("{url:?}: {why}")]
 pub struct BadIngestUrl {
     /// The URL.
     pub url: String,
@@ -69,25 +68,39 @@ pub struct BadIngestUrl {
     pub why: String,
 }
 
+impl BadIngestUrl {
+    fn new(url: &str, why: &str) -> Self {
+        BadIngestUrl {
+            url: url.into(),
+            why: why.into(),
+        }
+    }
+}
+
+/// Splits `redis-stream://HOST:PORT/PATH[?QUERY]` into the address, the path (the stream
+/// keys) and the query.
+pub(crate) fn split_redis_stream_url(url: &str) -> Result<(&str, &str, &str), BadIngestUrl> {
+    let bad = |why: &str| BadIngestUrl::new(url, why);
+    let rest = url
+        .strip_prefix("redis-stream://")
+        .ok_or_else(|| bad("the URL must start with redis-stream://"))?;
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (addr, path) = rest.split_once('/').ok_or_else(|| {
+        bad("name the stream keys after the address: redis-stream://HOST:PORT/KEY[,KEY...]")
+    })?;
+    if addr.is_empty() || !addr.contains(':') {
+        return Err(bad("the address must be HOST:PORT"));
+    }
+    Ok((addr, path, query))
+}
+
 impl FromStr for IngestConfig {
     type Err = BadIngestUrl;
 
     /// `redis-stream://HOST:PORT/KEY[,KEY...][?field=payload&history=64&verify-ms=5000]`.
     fn from_str(url: &str) -> Result<Self, Self::Err> {
-        let bad = |why: &str| BadIngestUrl {
-            url: url.into(),
-            why: why.into(),
-        };
-        let rest = url
-            .strip_prefix("redis-stream://")
-            .ok_or_else(|| bad("the source must start with redis-stream://"))?;
-        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (addr, keys) = rest.split_once('/').ok_or_else(|| {
-            bad("name the stream keys after the address: redis-stream://HOST:PORT/KEY[,KEY...]")
-        })?;
-        if addr.is_empty() || !addr.contains(':') {
-            return Err(bad("the address must be HOST:PORT"));
-        }
+        let bad = |why: &str| BadIngestUrl::new(url, why);
+        let (addr, keys, query) = split_redis_stream_url(url)?;
         let keys: Vec<String> = keys
             .split(',')
             .filter(|k| !k.is_empty())
@@ -179,9 +192,14 @@ impl Ingest {
         // Before anything else can publish to them: these topics take their numbers from the
         // stream only.
         let IngestSource::RedisStream { keys, .. } = &cfg.source;
+        let mut topics = Vec::with_capacity(keys.len());
         for key in keys {
-            if let Ok(t) = injector.topic(key) {
-                injector.registry().mark_fed(&t);
+            match injector.topic(key) {
+                Ok(t) => {
+                    injector.registry().mark_fed(&t);
+                    topics.push((key.clone(), t));
+                }
+                Err(e) => tracing::error!("ingest: stream {key:?} has no topic: {e}"),
             }
         }
         tracing::info!("ingest: epoch {epoch:#x} from {}", describe(&cfg.source));
@@ -189,7 +207,7 @@ impl Ingest {
         let st = stop.clone();
         let thread = std::thread::Builder::new()
             .name("yorker-ingest".into())
-            .spawn(move || redis_stream::run(&cfg, &injector, &st))?;
+            .spawn(move || redis_stream::run(&cfg, topics, &injector, &st))?;
         Ok(Ingest {
             stop,
             thread: Some(thread),
@@ -214,11 +232,6 @@ impl Drop for Ingest {
 fn describe(s: &IngestSource) -> String {
     let IngestSource::RedisStream { addr, keys, .. } = s;
     format!("redis-stream://{addr} ({} stream(s))", keys.len())
-}
-
-/// Reconnect delays after a failed session: from 100 ms, doubling up to 5 s.
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis((100u64 << attempt.min(6)).min(5_000))
 }
 
 #[cfg(test)]

@@ -20,7 +20,9 @@ use yorker_relay::{unix_us, FeedStats, Injector};
 use yorker_wire::{update_flags, Update};
 
 use crate::numbering::{number_newest, EntryId, Position, StreamInfo};
-use crate::{backoff, IngestConfig, IngestSource};
+use yorker_relay::follower::{backoff, sleep_unless_stopped};
+
+use crate::{IngestConfig, IngestSource};
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -48,19 +50,22 @@ struct Stream {
     pos: Option<Position>,
 }
 
-pub(crate) fn run(cfg: &IngestConfig, injector: &Injector, stop: &AtomicBool) {
+/// Follows the streams, each with the topic it feeds (`topics`, from [`crate::Ingest::start`]).
+pub(crate) fn run(
+    cfg: &IngestConfig,
+    topics: Vec<(String, Arc<Topic>)>,
+    injector: &Injector,
+    stop: &AtomicBool,
+) {
     let IngestSource::RedisStream { addr, keys, .. } = &cfg.source;
-    let mut streams = Vec::new();
-    for key in keys {
-        match injector.topic(key) {
-            Ok(topic) => streams.push(Stream {
-                key: key.clone(),
-                topic,
-                pos: None,
-            }),
-            Err(e) => tracing::error!("ingest: stream {key:?} has no topic: {e}"),
-        }
-    }
+    let mut streams: Vec<Stream> = topics
+        .into_iter()
+        .map(|(key, topic)| Stream {
+            key,
+            topic,
+            pos: None,
+        })
+        .collect();
     let stats = injector.stats();
     let mut attempt = 0u32;
     let mut sessions = 0u64;
@@ -90,12 +95,8 @@ pub(crate) fn run(cfg: &IngestConfig, injector: &Injector, stop: &AtomicBool) {
                 }
             }
         }
-        let until = Instant::now() + backoff(attempt);
-        while Instant::now() < until {
-            if stop.load(Ordering::Acquire) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        if !sleep_unless_stopped(backoff(attempt), stop) {
+            return;
         }
     }
 }
@@ -208,7 +209,9 @@ fn resync(
         }
     }
     let ids: Vec<EntryId> = newest.iter().map(|(id, _)| *id).collect();
+    // The numbered entries are the newest ones, oldest first: `newest[..n]` backwards.
     let numbered = number_newest(&info, &ids);
+    let fields = newest[..numbered.len()].iter().rev().map(|(_, f)| f);
     // What the engine holds already (nothing that counts after a rewind).
     let held = if rewound {
         0
@@ -216,15 +219,10 @@ fn resync(
         injector.registry().seq(&s.topic)
     };
     let mut first = held == 0;
-    for (id, n) in numbered {
+    for ((id, n), fields) in numbered.into_iter().zip(fields) {
         if n <= held && !first {
             continue;
         }
-        let fields = &newest
-            .iter()
-            .find(|(i, _)| *i == id)
-            .expect("numbered from these entries")
-            .1;
         apply(injector, &s.topic, id, n, payload(fields, field), first);
         first = false;
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use yorker_wire::{ClientMessage, Decoder, Frame, Hello, Role, DEFAULT_MAX_FRAME};
 
-use crate::backoff;
+use yorker_relay::follower::{backoff, sleep_unless_stopped};
 
 /// Settings of `yorker sink`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,18 +35,11 @@ pub struct SinkConfig {
 impl SinkConfig {
     /// Reads `redis-stream://HOST:PORT/KEY[?maxlen=N]`.
     pub fn destination(url: &str) -> Result<(String, String, u64), crate::BadIngestUrl> {
-        let bad = |why: &str| crate::BadIngestUrl {
-            url: url.into(),
-            why: why.into(),
-        };
-        let rest = url
-            .strip_prefix("redis-stream://")
-            .ok_or_else(|| bad("the destination must start with redis-stream://"))?;
-        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (addr, key) = rest
-            .split_once('/')
-            .filter(|(a, k)| a.contains(':') && !k.is_empty() && !k.contains(','))
-            .ok_or_else(|| bad("expected redis-stream://HOST:PORT/KEY (one stream)"))?;
+        let bad = |why: &str| crate::BadIngestUrl::new(url, why);
+        let (addr, key, query) = crate::split_redis_stream_url(url)?;
+        if key.is_empty() || key.contains(',') {
+            return Err(bad("name one stream: redis-stream://HOST:PORT/KEY"));
+        }
         let mut maxlen = 0;
         for kv in query.split('&').filter(|s| !s.is_empty()) {
             match kv.split_once('=') {
@@ -65,13 +58,23 @@ impl SinkConfig {
 /// Why a sink session ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    /// The engine refused us, or the connection broke.
+    /// The connection to the engine broke (retried).
     #[error("engine {addr}: {why}")]
     Engine {
         /// The engine.
         addr: String,
         /// What happened.
         why: String,
+    },
+    /// The engine refused the sink's HELLO (a wrong key): retrying cannot help.
+    #[error("engine {addr} refused the sink: ERROR {code} {message}")]
+    Refused {
+        /// The engine.
+        addr: String,
+        /// The error code.
+        code: u16,
+        /// Its message.
+        message: String,
     },
     /// Asked to stop.
     #[error("stopped")]
@@ -87,7 +90,7 @@ pub fn run(cfg: &SinkConfig, stop: &AtomicBool) -> Result<(), SinkError> {
     while !stop.load(Ordering::Acquire) {
         match session(cfg, &mut redis, stop, &mut attempt) {
             Err(SinkError::Stopped) => return Ok(()),
-            Err(e @ SinkError::Engine { .. }) if attempt == u32::MAX => return Err(e),
+            Err(e @ SinkError::Refused { .. }) => return Err(e),
             Err(e) => {
                 attempt += 1;
                 if attempt <= 3 || attempt.is_power_of_two() {
@@ -96,12 +99,8 @@ pub fn run(cfg: &SinkConfig, stop: &AtomicBool) -> Result<(), SinkError> {
             }
             Ok(()) => {}
         }
-        let until = Instant::now() + backoff(attempt);
-        while Instant::now() < until {
-            if stop.load(Ordering::Acquire) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        if !sleep_unless_stopped(backoff(attempt), stop) {
+            return Ok(());
         }
     }
     Ok(())
@@ -138,11 +137,11 @@ fn session(
         match next_frame(cfg, &mut s, &mut dec, &mut buf)? {
             Some(Frame::Welcome(w)) => Duration::from_millis(u64::from(w.heartbeat_ms)),
             Some(Frame::Error(e)) => {
-                *attempt = u32::MAX;
-                return Err(engine_err(
-                    cfg,
-                    format!("refused the sink: ERROR {} {}", e.code, e.message),
-                ));
+                return Err(SinkError::Refused {
+                    addr: cfg.engine.clone(),
+                    code: e.code,
+                    message: e.message,
+                })
             }
             Some(other) => return Err(engine_err(cfg, format!("answered HELLO with {other:?}"))),
             None => return Err(engine_err(cfg, "no WELCOME")),
@@ -260,12 +259,8 @@ fn append(
                         cfg.redis
                     );
                 }
-                let until = Instant::now() + backoff(attempt);
-                while Instant::now() < until {
-                    if stop.load(Ordering::Acquire) {
-                        return Err(SinkError::Stopped);
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
+                if !sleep_unless_stopped(backoff(attempt), stop) {
+                    return Err(SinkError::Stopped);
                 }
             }
         }

@@ -150,13 +150,14 @@ const FAST_POLL: Duration = Duration::from_millis(2);
 /// Receive timeout otherwise (how fast a stop request is seen).
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
-/// Reconnect delays after a failed session: from 100 ms, doubling up to 5 s.
-fn backoff(attempt: u32) -> Duration {
+/// Reconnect delays after a failed session: from 100 ms, doubling up to 5 s (shared with the
+/// ingest's readers).
+pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((100u64 << attempt.min(6)).min(5_000))
 }
 
 /// Sleeps `d` in short steps; false when asked to stop meanwhile.
-fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
+pub fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
     let until = Instant::now() + d;
     while Instant::now() < until {
         if stop.load(Ordering::Acquire) {
