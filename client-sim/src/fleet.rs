@@ -674,10 +674,7 @@ impl Worker {
                     c.next_ping_ms = now + every;
                     let ud = UserData::new(Op::Send, i as u32, c.generation).pack();
                     if !self.ring.send_in_flight(i as u32) {
-                        let bytes = match &mut c.parser {
-                            proto::Parser::Tls(p) => Bytes::from(p.seal(&ping)),
-                            _ => ping.clone(),
-                        };
+                        let bytes = c.parser.seal_shared(&ping);
                         self.ring.send(i as u32, ud, |f| f.push(bytes))?;
                     }
                 }

@@ -529,10 +529,8 @@ fn publish_one(st: &AdminState, it: &Value, max_payload: usize) -> Result<(u64, 
     };
     let reg = st.server.registry();
     let t = reg.get_or_create(name).map_err(|e| e.to_string())?;
-    if t.is_fed() {
-        return Err(format!(
-            "{name} is fed by the ingest (its numbers come from the stream): append to the stream instead"
-        ));
+    if let Some(why) = t.fed_refusal() {
+        return Err(why);
     }
     let unix_us = SystemTime::now()
         .duration_since(UNIX_EPOCH)

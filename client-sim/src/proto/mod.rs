@@ -120,6 +120,14 @@ impl Parser {
         }
     }
 
+    /// As [`Parser::seal`] for shared bytes: without TLS they go out as they are, uncopied.
+    pub fn seal_shared(&mut self, plain: &bytes::Bytes) -> bytes::Bytes {
+        match self {
+            Parser::Tls(p) => bytes::Bytes::from(p.seal(plain)),
+            _ => plain.clone(),
+        }
+    }
+
     /// Holds `wire` (masked WebSocket frames) until the upgrade is answered; then
     /// [`Parser::take_reply`] hands it out.
     pub fn send_after_upgrade(&mut self, wire: Vec<u8>) {

@@ -126,6 +126,17 @@ impl Topic {
     pub fn is_fed(&self) -> bool {
         self.fed.load(Ordering::Acquire)
     }
+
+    /// Why a publish to this topic is refused, if it is fed by an ingest: the one wording for
+    /// PUBLISH and HTTP publish.
+    pub fn fed_refusal(&self) -> Option<String> {
+        self.is_fed().then(|| {
+            format!(
+                "{} is fed by the ingest (its numbers come from the stream): append to the stream instead",
+                self.name
+            )
+        })
+    }
 }
 
 /// Lifecycle of one topic id, kept under the index lock.

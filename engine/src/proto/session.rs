@@ -398,11 +398,7 @@ impl Shard {
                 return self.fail(slot, ErrorCode::TopicLimit, &msg, now);
             }
         };
-        if t.is_fed() {
-            let msg = format!(
-                "{} is fed by the ingest (its numbers come from the stream): append to the stream instead",
-                p.topic
-            );
+        if let Some(msg) = t.fed_refusal() {
             return self.fail(slot, ErrorCode::NotPublisher, &msg, now);
         }
         self.stats.updates_in += 1;
