@@ -2,7 +2,8 @@
 # Installs the system tools the tests need when they are missing: the relay tests run in
 # network namespaces of their own (unshare from util-linux, ip from iproute2) and inject
 # datagram loss with nftables; procps (pgrep) and openssl are used by scripts; Prometheus'
-# promtool validates the metrics endpoint; redis-server is the stream the ingest tests read.
+# promtool validates the metrics endpoint; redis-server and nats-server (JetStream) are the
+# logs the ingest tests read.
 # Called by scripts/test.sh, so that the README's test command works on a fresh Debian/Ubuntu machine.
 # Needs root or passwordless sudo to install; says exactly what is missing otherwise.
 set -euo pipefail
@@ -20,6 +21,7 @@ command -v node >/dev/null 2>&1 || need+=(nodejs)      # the TypeScript SDK's te
 command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v chromium >/dev/null 2>&1 || need+=(chromium) # the browser test (headless)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server) # the ingest tests (Redis Streams)
+command -v nats-server >/dev/null 2>&1 || need+=(nats-server)   # the ingest tests (JetStream)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing test dependencies: ${need[*]}" >&2
 as_root=()

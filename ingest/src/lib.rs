@@ -1,23 +1,30 @@
 //! # yorker-ingest
 //!
 //! An origin that takes its updates from an existing, replicated log instead of from
-//! publishers: `yorker serve --ingest redis-stream://HOST:PORT/KEY[,KEY...]`. Each stream key is
-//! one topic (named like the key); each entry is one update (its `payload` field). The topic's
-//! sequence number is the entry's position among all entries ever added to the stream, and the
-//! epoch comes from the streams' identity, so **two origins reading the same streams number
-//! every update alike**, and an origin restarted on them carries on where it was: clients resume
-//! instead of resetting (docs/SCALE-OUT.md).
+//! publishers:
 //!
-//! The reader runs on a thread of its own (a blocking Redis connection; the shards never wait
-//! for it) and hands every entry to the engine through the relay [`Injector`], exactly as a
-//! relay applies its origin's updates: in order, duplicates dropped, a gap announced as
-//! SNAPSHOT|RESET. [`numbering`] is the sans-IO part.
+//! * `yorker serve --ingest redis-stream://HOST:PORT/KEY[,KEY...]`: each Redis stream key is one
+//!   topic (named like the key); each entry is one update (its `payload` field), numbered by its
+//!   position among all entries ever added to the stream;
+//! * `yorker serve --ingest nats-jetstream://HOST:PORT/STREAM[=TOPIC][,...]`: each JetStream
+//!   stream is one topic (named like the stream, or as `=TOPIC` says), whatever subjects it
+//!   collects; each message is one update, numbered by its stream sequence.
+//!
+//! Either way the epoch comes from the source's identity, so **two origins reading the same
+//! log number every update alike**, and an origin restarted on it carries on where it was:
+//! clients resume instead of resetting (docs/SCALE-OUT.md).
+//!
+//! The reader runs on a thread of its own (the shards never wait for it) and hands every entry
+//! to the engine through the relay [`Injector`], exactly as a relay applies its origin's
+//! updates: in order, duplicates dropped, a gap announced as SNAPSHOT|RESET. [`numbering`] is
+//! the sans-IO part.
 //!
 //! The other direction, client messages into the log, is [`sink`] (`yorker sink`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod jetstream;
 pub mod numbering;
 mod redis_stream;
 pub mod sink;
@@ -42,6 +49,51 @@ pub enum IngestSource {
         /// The entry field that holds the payload.
         field: String,
     },
+    /// NATS JetStream: one stream per topic.
+    NatsJetStream {
+        /// `host:port` of the NATS server.
+        addr: String,
+        /// Credentials, if the server wants them.
+        auth: NatsAuth,
+        /// `(stream, topic)`: each stream's messages are the topic's updates.
+        streams: Vec<(String, String)>,
+    },
+}
+
+/// How the ingest logs in to a NATS server (the URL's `USER:PASSWORD@` or `TOKEN@`).
+#[derive(Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum NatsAuth {
+    /// None.
+    #[default]
+    None,
+    /// A user and password.
+    UserPassword(String, String),
+    /// A token.
+    Token(String),
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a secret.
+        f.write_str(match self {
+            NatsAuth::None => "None",
+            NatsAuth::UserPassword(..) => "UserPassword(..)",
+            NatsAuth::Token(_) => "Token(..)",
+        })
+    }
+}
+
+impl IngestSource {
+    /// `(name in the source, topic)` of every topic the source feeds.
+    pub fn topics(&self) -> Vec<(String, String)> {
+        match self {
+            IngestSource::RedisStream { keys, .. } => {
+                keys.iter().map(|k| (k.clone(), k.clone())).collect()
+            }
+            IngestSource::NatsJetStream { streams, .. } => streams.clone(),
+        }
+    }
 }
 
 /// Settings of an ingest (`--ingest URL`).
@@ -58,7 +110,7 @@ pub struct IngestConfig {
     pub verify_ms: u64,
 }
 
-/// A `redis-stream://` URL (`--ingest`, `yorker sink --to`) that cannot be used.
+/// An ingest or sink URL (`--ingest`, `yorker sink --to`) that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{url:?}: {why}")]
 pub struct BadIngestUrl {
@@ -94,12 +146,99 @@ pub(crate) fn split_redis_stream_url(url: &str) -> Result<(&str, &str, &str), Ba
     Ok((addr, path, query))
 }
 
+/// Splits `nats-jetstream://[CREDENTIALS@]HOST:PORT/PATH[?QUERY]` into the credentials, the
+/// address, the path and the query.
+fn split_jetstream_url(url: &str) -> Result<(NatsAuth, &str, &str, &str), BadIngestUrl> {
+    let bad = |why: &str| BadIngestUrl::new(url, why);
+    let rest = url
+        .strip_prefix("nats-jetstream://")
+        .ok_or_else(|| bad("the URL must start with nats-jetstream://"))?;
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, path) = rest.split_once('/').ok_or_else(|| {
+        bad("name the streams after the address: nats-jetstream://HOST:PORT/STREAM[,STREAM...]")
+    })?;
+    let (auth, addr) = match authority.rsplit_once('@') {
+        None => (NatsAuth::None, authority),
+        Some((cred, addr)) => match cred.split_once(':') {
+            _ if cred.is_empty() => return Err(bad("empty credentials before '@'")),
+            Some((user, pass)) => (NatsAuth::UserPassword(user.into(), pass.into()), addr),
+            None => (NatsAuth::Token(cred.into()), addr),
+        },
+    };
+    if addr.is_empty() || !addr.contains(':') {
+        return Err(bad("the address must be HOST:PORT"));
+    }
+    Ok((auth, addr, path, query))
+}
+
+/// A JetStream stream name as the server accepts it (no whitespace, `.`, `*`, `>`, slashes or
+/// control characters; at most 255 bytes).
+fn valid_stream_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.chars().any(|c| {
+            c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>' | '/' | '\\')
+        })
+}
+
+/// `(stream, topic)` pairs of a `nats-jetstream://` path: `STREAM[=TOPIC][,...]`.
+fn jetstream_streams(url: &str, path: &str) -> Result<Vec<(String, String)>, BadIngestUrl> {
+    let bad = |why: &str| BadIngestUrl::new(url, why);
+    let mut streams = Vec::new();
+    for item in path.split(',').filter(|s| !s.is_empty()) {
+        let (stream, topic) = item.split_once('=').unwrap_or((item, item));
+        if !valid_stream_name(stream) {
+            return Err(bad(&format!(
+                "{stream:?} is not a JetStream stream name (no whitespace, '.', '*', '>' or slashes)"
+            )));
+        }
+        yorker_wire::topic::validate(topic)
+            .map_err(|e| bad(&format!("{topic:?} is not a valid topic name: {e}")))?;
+        streams.push((stream.to_string(), topic.to_string()));
+    }
+    if streams.is_empty() {
+        return Err(bad("no stream"));
+    }
+    let named_twice = |v: Vec<&String>| {
+        let mut v = v;
+        v.sort();
+        v.windows(2).any(|w| w[0] == w[1])
+    };
+    if named_twice(streams.iter().map(|(s, _)| s).collect())
+        || named_twice(streams.iter().map(|(_, t)| t).collect())
+    {
+        return Err(bad("a stream or a topic is named twice"));
+    }
+    Ok(streams)
+}
+
 impl FromStr for IngestConfig {
     type Err = BadIngestUrl;
 
-    /// `redis-stream://HOST:PORT/KEY[,KEY...][?field=payload&history=64&verify-ms=5000]`.
+    /// `redis-stream://HOST:PORT/KEY[,KEY...][?field=payload&history=64&verify-ms=5000]` or
+    /// `nats-jetstream://[USER:PASSWORD@|TOKEN@]HOST:PORT/STREAM[=TOPIC][,...][?history=64&verify-ms=5000]`.
     fn from_str(url: &str) -> Result<Self, Self::Err> {
         let bad = |why: &str| BadIngestUrl::new(url, why);
+        if url.starts_with("nats-jetstream://") {
+            let (auth, addr, path, query) = split_jetstream_url(url)?;
+            let mut cfg = IngestConfig {
+                source: IngestSource::NatsJetStream {
+                    addr: addr.into(),
+                    auth,
+                    streams: jetstream_streams(url, path)?,
+                },
+                history: 64,
+                block_ms: 500,
+                verify_ms: 5_000,
+            };
+            cfg.query(url, query)?;
+            return Ok(cfg);
+        }
+        if !url.starts_with("redis-stream://") {
+            return Err(bad(
+                "the URL must start with redis-stream:// or nats-jetstream://",
+            ));
+        }
         let (addr, keys, query) = split_redis_stream_url(url)?;
         let keys: Vec<String> = keys
             .split(',')
@@ -129,6 +268,15 @@ impl FromStr for IngestConfig {
             block_ms: 500,
             verify_ms: 5_000,
         };
+        cfg.query(url, query)?;
+        Ok(cfg)
+    }
+}
+
+impl IngestConfig {
+    /// Applies the URL's query parameters.
+    fn query(&mut self, url: &str, query: &str) -> Result<(), BadIngestUrl> {
+        let bad = |why: &str| BadIngestUrl::new(url, why);
         for kv in query.split('&').filter(|s| !s.is_empty()) {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
             let num = |max: u64| -> Result<u64, BadIngestUrl> {
@@ -137,26 +285,22 @@ impl FromStr for IngestConfig {
                     .filter(|n| (1..=max).contains(n))
                     .ok_or_else(|| bad(&format!("{k} must be a number from 1 to {max}")))
             };
-            match k {
-                "field" if !v.is_empty() => {
-                    let IngestSource::RedisStream { field, .. } = &mut cfg.source;
+            match (k, &mut self.source) {
+                ("field", IngestSource::RedisStream { field, .. }) if !v.is_empty() => {
                     *field = v.into();
                 }
-                "history" => cfg.history = num(100_000)? as usize,
-                "verify-ms" => cfg.verify_ms = num(3_600_000)?,
+                ("history", _) => self.history = num(100_000)? as usize,
+                ("verify-ms", _) => self.verify_ms = num(3_600_000)?,
                 _ => return Err(bad(&format!("unknown or empty parameter {k:?}"))),
             }
         }
-        Ok(cfg)
+        Ok(())
     }
-}
 
-impl IngestConfig {
     /// The epoch every origin on these streams shares: a hash of the source's identity (the
-    /// stream keys; not the address, so that origins may reach the same replicated Redis
-    /// through different addresses). Never 0.
+    /// kind of log, the streams and their topics; not the address, so that origins may reach
+    /// the same replicated log through different addresses). Never 0.
     pub fn epoch(&self) -> u64 {
-        let IngestSource::RedisStream { keys, field, .. } = &self.source;
         // FNV-1a, 64 bits: stable across builds and platforms.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         let mut eat = |b: &[u8]| {
@@ -165,12 +309,25 @@ impl IngestConfig {
                 h = h.wrapping_mul(0x0000_0100_0000_01b3);
             }
         };
-        eat(b"yorker redis-stream\0");
-        for k in keys {
-            eat(k.as_bytes());
-            eat(b"\0");
+        match &self.source {
+            IngestSource::RedisStream { keys, field, .. } => {
+                eat(b"yorker redis-stream\0");
+                for k in keys {
+                    eat(k.as_bytes());
+                    eat(b"\0");
+                }
+                eat(field.as_bytes());
+            }
+            IngestSource::NatsJetStream { streams, .. } => {
+                eat(b"yorker nats-jetstream\0");
+                for (stream, topic) in streams {
+                    eat(stream.as_bytes());
+                    eat(b"=");
+                    eat(topic.as_bytes());
+                    eat(b"\0");
+                }
+            }
         }
-        eat(field.as_bytes());
         h.max(1)
     }
 }
@@ -191,15 +348,14 @@ impl Ingest {
         injector.registry().adopt_epoch(epoch);
         // Before anything else can publish to them: these topics take their numbers from the
         // stream only.
-        let IngestSource::RedisStream { keys, .. } = &cfg.source;
-        let mut topics = Vec::with_capacity(keys.len());
-        for key in keys {
-            match injector.topic(key) {
+        let mut topics = Vec::new();
+        for (name, topic) in cfg.source.topics() {
+            match injector.topic(&topic) {
                 Ok(t) => {
                     injector.registry().mark_fed(&t);
-                    topics.push((key.clone(), t));
+                    topics.push((name, t));
                 }
-                Err(e) => tracing::error!("ingest: stream {key:?} has no topic: {e}"),
+                Err(e) => tracing::error!("ingest: stream {name:?} has no topic: {e}"),
             }
         }
         tracing::info!("ingest: epoch {epoch:#x} from {}", describe(&cfg.source));
@@ -207,7 +363,14 @@ impl Ingest {
         let st = stop.clone();
         let thread = std::thread::Builder::new()
             .name("yorker-ingest".into())
-            .spawn(move || redis_stream::run(&cfg, topics, &injector, &st))?;
+            .spawn(move || match &cfg.source {
+                IngestSource::RedisStream { addr, field, .. } => {
+                    redis_stream::run(&cfg, addr, field, topics, &injector, &st)
+                }
+                IngestSource::NatsJetStream { addr, auth, .. } => {
+                    jetstream::run(&cfg, addr, auth, topics, &injector, &st)
+                }
+            })?;
         Ok(Ingest {
             stop,
             thread: Some(thread),
@@ -229,9 +392,66 @@ impl Drop for Ingest {
     }
 }
 
+/// How a reader's session ended, for [`follow`].
+pub(crate) trait SessionEnd: std::fmt::Display {
+    /// Asked to stop (not an error).
+    fn stopped(&self) -> bool;
+}
+
+/// The reader's outer loop, whatever the source: runs sessions until stopped. A session calls
+/// `synced` once it follows the source (readiness says so from then on); when it ends with an
+/// error the reader is unsynced (readiness fails, `source_errors` counts it), logs why, and
+/// starts another after a backoff. Clients keep their last values meanwhile.
+pub(crate) fn follow<E: SessionEnd>(
+    what: &str,
+    injector: &Injector,
+    stop: &AtomicBool,
+    mut session: impl FnMut(&mut dyn FnMut()) -> Result<(), E>,
+) {
+    use yorker_relay::follower::{backoff, sleep_unless_stopped};
+    use yorker_relay::FeedStats;
+    let stats = injector.stats();
+    let mut attempt = 0u32;
+    let mut sessions = 0u64;
+    while !stop.load(Ordering::Acquire) {
+        let r = session(&mut || {
+            sessions += 1;
+            attempt = 0;
+            if sessions > 1 {
+                FeedStats::add(&stats.snapshot_fallbacks, 1);
+            }
+            stats.synced.store(true, Ordering::Release);
+            tracing::info!("ingest: following {what}");
+        });
+        stats.synced.store(false, Ordering::Release);
+        match r {
+            Ok(()) => return,
+            Err(e) if e.stopped() => return,
+            Err(e) => {
+                FeedStats::add(&stats.source_errors, 1);
+                attempt += 1;
+                if attempt <= 3 || attempt.is_power_of_two() {
+                    tracing::warn!(
+                        "ingest: {what}: {e} (retrying; clients keep their last values)"
+                    );
+                }
+            }
+        }
+        if !sleep_unless_stopped(backoff(attempt), stop) {
+            return;
+        }
+    }
+}
+
 fn describe(s: &IngestSource) -> String {
-    let IngestSource::RedisStream { addr, keys, .. } = s;
-    format!("redis-stream://{addr} ({} stream(s))", keys.len())
+    match s {
+        IngestSource::RedisStream { addr, keys, .. } => {
+            format!("redis-stream://{addr} ({} stream(s))", keys.len())
+        }
+        IngestSource::NatsJetStream { addr, streams, .. } => {
+            format!("nats-jetstream://{addr} ({} stream(s))", streams.len())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -267,6 +487,47 @@ mod tests {
     }
 
     #[test]
+    fn jetstream_urls_parse_and_bad_ones_say_why() {
+        let c: IngestConfig = "nats-jetstream://ingest:s3cret@127.0.0.1:4222/SCORES_1=score/1,odds?history=8&verify-ms=100"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            c.source,
+            IngestSource::NatsJetStream {
+                addr: "127.0.0.1:4222".into(),
+                auth: NatsAuth::UserPassword("ingest".into(), "s3cret".into()),
+                streams: vec![
+                    ("SCORES_1".into(), "score/1".into()),
+                    ("odds".into(), "odds".into())
+                ],
+            }
+        );
+        assert_eq!((c.history, c.verify_ms), (8, 100));
+        // The secret never shows in a debug print (logs, errors).
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let t: IngestConfig = "nats-jetstream://tok@h:1/s".parse().unwrap();
+        let IngestSource::NatsJetStream { auth, .. } = &t.source else {
+            panic!("{t:?}")
+        };
+        assert_eq!(*auth, NatsAuth::Token("tok".into()));
+        for (url, why) in [
+            ("nats-jetstream://h:1", "name the streams"),
+            ("nats-jetstream://h/s", "HOST:PORT"),
+            ("nats-jetstream://@h:1/s", "empty credentials"),
+            ("nats-jetstream://h:1/", "no stream"),
+            ("nats-jetstream://h:1/a.b", "not a JetStream stream name"),
+            ("nats-jetstream://h:1/a b", "not a JetStream stream name"),
+            ("nats-jetstream://h:1/a,a", "named twice"),
+            ("nats-jetstream://h:1/a=t,b=t", "named twice"),
+            ("nats-jetstream://h:1/a=", "not a valid topic"),
+            ("nats-jetstream://h:1/a?field=x", "unknown"),
+        ] {
+            let e = url.parse::<IngestConfig>().unwrap_err();
+            assert!(e.to_string().contains(why), "{url}: {e}");
+        }
+    }
+
+    #[test]
     fn the_epoch_names_the_streams_not_the_address() {
         let a: IngestConfig = "redis-stream://10.0.0.1:6379/s1,s2".parse().unwrap();
         let b: IngestConfig = "redis-stream://10.0.0.2:6380/s1,s2".parse().unwrap();
@@ -274,5 +535,17 @@ mod tests {
         assert_eq!(a.epoch(), b.epoch());
         assert_ne!(a.epoch(), c.epoch());
         assert_ne!(a.epoch(), 0);
+        let n1: IngestConfig = "nats-jetstream://10.0.0.1:4222/S1=s1,S2=s2"
+            .parse()
+            .unwrap();
+        let n2: IngestConfig = "nats-jetstream://u:p@10.0.0.9:4223/S1=s1,S2=s2"
+            .parse()
+            .unwrap();
+        let n3: IngestConfig = "nats-jetstream://10.0.0.1:4222/S1=s1,S2=s3"
+            .parse()
+            .unwrap();
+        assert_eq!(n1.epoch(), n2.epoch());
+        assert_ne!(n1.epoch(), n3.epoch());
+        assert_ne!(n1.epoch(), a.epoch());
     }
 }

@@ -20,9 +20,8 @@ use yorker_relay::{unix_us, FeedStats, Injector};
 use yorker_wire::{update_flags, Update};
 
 use crate::numbering::{number_newest, EntryId, Position, StreamInfo};
-use yorker_relay::follower::{backoff, sleep_unless_stopped};
 
-use crate::{IngestConfig, IngestSource};
+use crate::IngestConfig;
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -53,11 +52,12 @@ struct Stream {
 /// Follows the streams, each with the topic it feeds (`topics`, from [`crate::Ingest::start`]).
 pub(crate) fn run(
     cfg: &IngestConfig,
+    addr: &str,
+    field: &str,
     topics: Vec<(String, Arc<Topic>)>,
     injector: &Injector,
     stop: &AtomicBool,
 ) {
-    let IngestSource::RedisStream { addr, keys, .. } = &cfg.source;
     let mut streams: Vec<Stream> = topics
         .into_iter()
         .map(|(key, topic)| Stream {
@@ -66,56 +66,34 @@ pub(crate) fn run(
             pos: None,
         })
         .collect();
-    let stats = injector.stats();
-    let mut attempt = 0u32;
-    let mut sessions = 0u64;
-    while !stop.load(Ordering::Acquire) {
-        let r = session(cfg, injector, &mut streams, stop, &mut || {
-            sessions += 1;
-            attempt = 0;
-            if sessions > 1 {
-                FeedStats::add(&stats.snapshot_fallbacks, 1);
-            }
-            stats.synced.store(true, Ordering::Release);
-            tracing::info!(
-                "ingest: following {} stream(s) at redis://{addr}",
-                keys.len()
-            );
-        });
-        stats.synced.store(false, Ordering::Release);
-        match r {
-            Err(SessionError::Stopped) | Ok(()) => return,
-            Err(e) => {
-                FeedStats::add(&stats.source_errors, 1);
-                attempt += 1;
-                if attempt <= 3 || attempt.is_power_of_two() {
-                    tracing::warn!(
-                        "ingest: redis://{addr}: {e} (retrying; clients keep their last values)"
-                    );
-                }
-            }
-        }
-        if !sleep_unless_stopped(backoff(attempt), stop) {
-            return;
-        }
+    let what = format!("{} stream(s) at redis://{addr}", streams.len());
+    crate::follow(&what, injector, stop, |synced| {
+        session(cfg, addr, field, injector, &mut streams, stop, synced)
+    });
+}
+
+impl crate::SessionEnd for SessionError {
+    fn stopped(&self) -> bool {
+        matches!(self, SessionError::Stopped)
     }
 }
 
 fn session(
     cfg: &IngestConfig,
+    addr: &str,
+    field: &str,
     injector: &Injector,
     streams: &mut [Stream],
     stop: &AtomicBool,
     synced: &mut dyn FnMut(),
 ) -> Result<(), SessionError> {
-    let IngestSource::RedisStream { addr, field, .. } = &cfg.source;
     let client = redis::Client::open(format!("redis://{addr}/"))?;
     let mut con = client.get_connection_with_timeout(Duration::from_secs(2))?;
     let block = Duration::from_millis(cfg.block_ms);
     con.set_read_timeout(Some(block + Duration::from_secs(5)))?;
     con.set_write_timeout(Some(Duration::from_secs(5)))?;
     for s in streams.iter_mut() {
-        resync(&mut con, cfg, injector, s)?;
+        resync(&mut con, cfg, field, injector, s)?;
     }
     synced();
     let mut verified = Instant::now();
@@ -157,7 +135,7 @@ fn session(
                         s.key, pos.id, pos.number, info.entries_added, info.last_id
                     );
                     FeedStats::add(&injector.stats().gaps, 1);
-                    resync(&mut con, cfg, injector, s)?;
+                    resync(&mut con, cfg, field, injector, s)?;
                 }
             }
         }
@@ -169,10 +147,10 @@ fn session(
 fn resync(
     con: &mut Connection,
     cfg: &IngestConfig,
+    field: &str,
     injector: &Injector,
     s: &mut Stream,
 ) -> Result<(), SessionError> {
-    let IngestSource::RedisStream { field, .. } = &cfg.source;
     let exists: i64 = redis::cmd("EXISTS").arg(&s.key).query(con)?;
     let (info, newest) = if exists == 0 {
         (StreamInfo::default(), Vec::new())

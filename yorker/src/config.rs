@@ -254,10 +254,12 @@ pub struct ServeArgs {
     #[arg(long, env = "YORKER_STATS_INTERVAL", default_value_t = 5)]
     pub stats_interval: u64,
     /// Take updates from an existing replicated log (docs/SCALE-OUT.md):
-    /// redis-stream://HOST:PORT/KEY[,KEY...][?field=payload&history=64&verify-ms=5000]. Each
-    /// stream is the topic of the same name, numbered by the stream, so origins on the same
-    /// streams number every update alike. Publishing to those topics is refused.
-    #[arg(long, env = "YORKER_INGEST")]
+    /// redis-stream://HOST:PORT/KEY[,KEY...][?field=payload&history=64&verify-ms=5000] or
+    /// nats-jetstream://[USER:PASSWORD@|TOKEN@]HOST:PORT/STREAM[=TOPIC][,...][?history=64&verify-ms=5000].
+    /// Each stream is one topic (named like the stream unless =TOPIC says otherwise), numbered
+    /// by the stream, so origins on the same streams number every update alike. Publishing to
+    /// those topics is refused.
+    #[arg(long, env = "YORKER_INGEST", hide_env_values = true)]
     pub ingest: Option<yorker_ingest::IngestConfig>,
     /// The admin HTTP listener (metrics, health, HTTP publish, drain): ADDR:PORT, or a bare PORT
     /// for 127.0.0.1:PORT. Off unless given; keep it on loopback or a private network (only

@@ -1,8 +1,11 @@
-//! `yorker serve --ingest redis-stream://...` against a real redis-server (Debian's package,
-//! installed by scripts/install-test-deps.sh) on a loopback port of its own: updates from the
-//! stream reach subscribers in order, two origins on the same stream number every update alike,
-//! an origin restarted on the stream lets its clients resume, and a stream outage shows in
-//! readiness while clients keep their last values.
+//! `yorker serve --ingest` against the real logs a studio runs, each on a loopback port of its
+//! own: a redis-server (`redis-stream://`) and a nats-server with JetStream
+//! (`nats-jetstream://`), Debian's packages, installed by scripts/install-test-deps.sh. For
+//! both: updates from the stream reach subscribers in order, two origins on the same stream
+//! number every update alike, an origin restarted on the stream lets its clients resume, a
+//! stream outage shows in readiness while clients keep their last values, and a relay fails
+//! over between two origins without a RESET. Then what is particular to each: the sink into a
+//! Redis stream, a JetStream stream created again.
 
 #[path = "../../engine/tests/common/mod.rs"]
 mod common;
@@ -12,6 +15,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -27,8 +31,42 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A redis-server on a loopback port of its own, its append-only file in a directory of its
-/// own (so that a restart keeps the streams). Killed when dropped.
+/// A directory of its own for one server's data.
+fn fresh_dir(kind: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "yorker-ingest-{kind}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A replicated log an origin ingests from, on a loopback port of its own with its data in a
+/// directory of its own (so that a restart keeps the streams). Killed when dropped.
+trait Log: Sized {
+    /// A new, empty one.
+    fn fresh() -> Self;
+    /// Appends one update to `topic`'s stream; returns the timestamp (µs) that every origin
+    /// must stamp it with.
+    fn append(&self, topic: &str, payload: &str) -> u64;
+    /// The `--ingest` URL for these topics (`verify-ms=200`, so that checks happen in a test's
+    /// time).
+    fn url(&self, topics: &[&str]) -> String;
+    /// Stops it the way an outage would (SIGKILL).
+    fn kill(&mut self);
+    /// Starts it again on the same port and data.
+    fn restart(&mut self);
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A redis-server, its append-only file written per command.
 struct Redis {
     child: Child,
     port: u16,
@@ -36,8 +74,7 @@ struct Redis {
 }
 
 impl Redis {
-    fn start(port: u16, dir: PathBuf) -> Redis {
-        std::fs::create_dir_all(&dir).unwrap();
+    fn spawn(port: u16, dir: &PathBuf) -> Child {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args([
@@ -49,53 +86,190 @@ impl Redis {
                 "always",
             ])
             .arg("--dir")
-            .arg(&dir)
+            .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect(
                 "redis-server (apt-get install redis-server; scripts/install-test-deps.sh does)",
             );
-        let r = Redis { child, port, dir };
         wait_for(T, "redis-server answers", || {
             TcpStream::connect(("127.0.0.1", port)).is_ok_and(|s| cmd_on(s, &["PING"]) == "+PONG")
         });
-        r
-    }
-
-    fn fresh() -> Redis {
-        let dir = std::env::temp_dir().join(format!(
-            "yorker-ingest-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        Redis::start(free_port(), dir)
-    }
-
-    /// Stops it the way an outage would (SIGKILL; the append-only file is written per command).
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        child
     }
 
     fn cmd(&self, args: &[&str]) -> String {
         cmd_on(TcpStream::connect(("127.0.0.1", self.port)).unwrap(), args)
     }
+}
 
-    /// XADD with an automatic id; returns the id.
-    fn xadd(&self, key: &str, payload: &str) -> String {
-        let id = self.cmd(&["XADD", key, "*", "payload", payload]);
-        assert!(id.contains('-'), "XADD answered {id:?}");
-        id
+impl Log for Redis {
+    fn fresh() -> Redis {
+        let (port, dir) = (free_port(), fresh_dir("redis"));
+        Redis {
+            child: Redis::spawn(port, &dir),
+            port,
+            dir,
+        }
     }
 
-    fn url(&self, keys: &str) -> String {
-        format!("redis-stream://127.0.0.1:{}/{keys}", self.port)
+    fn append(&self, key: &str, payload: &str) -> u64 {
+        let id = self.cmd(&["XADD", key, "*", "payload", payload]);
+        assert!(id.contains('-'), "XADD answered {id:?}");
+        let ms: u64 = id.split('-').next().unwrap().parse().unwrap();
+        ms * 1000
+    }
+
+    fn url(&self, keys: &[&str]) -> String {
+        format!(
+            "redis-stream://127.0.0.1:{}/{}?verify-ms=200",
+            self.port,
+            keys.join(",")
+        )
+    }
+
+    fn kill(&mut self) {
+        kill(&mut self.child);
+    }
+
+    fn restart(&mut self) {
+        self.kill();
+        self.child = Redis::spawn(self.port, &self.dir);
     }
 }
 
 impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A nats-server with JetStream, its streams in files. One stream per topic, as the ingest
+/// wants: topic `score/1` is stream `score_1` collecting subject `score.1`. Written to with the
+/// official client, as a studio's feed would.
+struct JetStream {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+    rt: tokio::runtime::Runtime,
+}
+
+impl JetStream {
+    fn spawn(port: u16, dir: &PathBuf) -> Child {
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (apt-get install nats-server; scripts/install-test-deps.sh does)");
+        wait_for(T, "nats-server answers", || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok_and(|s| {
+                let mut line = String::new();
+                let _ = s.set_read_timeout(Some(T));
+                BufReader::new(s).read_line(&mut line).is_ok() && line.starts_with("INFO ")
+            })
+        });
+        child
+    }
+
+    fn stream(topic: &str) -> String {
+        topic.replace('/', "_")
+    }
+
+    fn subject(topic: &str) -> String {
+        topic.replace('/', ".")
+    }
+
+    /// Runs `f` with a JetStream context on a new connection.
+    fn with<R>(
+        &self,
+        f: impl AsyncFnOnce(async_nats::jetstream::Context) -> Result<R, async_nats::Error>,
+    ) -> R {
+        let addr = format!("127.0.0.1:{}", self.port);
+        self.rt.block_on(async {
+            let client = async_nats::connect(addr)
+                .await
+                .expect("connect to nats-server");
+            let r = f(async_nats::jetstream::new(client.clone()))
+                .await
+                .expect("JetStream request");
+            let _ = client.flush().await;
+            r
+        })
+    }
+
+    /// Deletes `topic`'s stream and creates it again, empty.
+    fn recreate(&self, topic: &str) {
+        let name = JetStream::stream(topic);
+        let config = JetStream::config(topic);
+        self.with(async |js| {
+            js.delete_stream(&name).await?;
+            js.create_stream(config).await?;
+            Ok(())
+        })
+    }
+
+    fn config(topic: &str) -> async_nats::jetstream::stream::Config {
+        async_nats::jetstream::stream::Config {
+            name: JetStream::stream(topic),
+            subjects: vec![JetStream::subject(topic)],
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        }
+    }
+}
+
+impl Log for JetStream {
+    fn fresh() -> JetStream {
+        let (port, dir) = (free_port(), fresh_dir("nats"));
+        JetStream {
+            child: JetStream::spawn(port, &dir),
+            port,
+            dir,
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        }
+    }
+
+    fn append(&self, topic: &str, payload: &str) -> u64 {
+        let (subject, config) = (JetStream::subject(topic), JetStream::config(topic));
+        let payload = payload.to_string();
+        self.with(async |js| {
+            let stream = js.get_or_create_stream(config).await?;
+            let ack = js.publish(subject, payload.into()).await?.await?;
+            let stored = stream.get_raw_message(ack.sequence).await?;
+            Ok((stored.time.unix_timestamp_nanos() / 1000) as u64)
+        })
+    }
+
+    fn url(&self, topics: &[&str]) -> String {
+        let streams: Vec<String> = topics
+            .iter()
+            .map(|t| format!("{}={t}", JetStream::stream(t)))
+            .collect();
+        format!(
+            "nats-jetstream://127.0.0.1:{}/{}?verify-ms=200",
+            self.port,
+            streams.join(",")
+        )
+    }
+
+    fn kill(&mut self) {
+        kill(&mut self.child);
+    }
+
+    fn restart(&mut self) {
+        self.kill();
+        self.child = JetStream::spawn(self.port, &self.dir);
+    }
+}
+
+impl Drop for JetStream {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -238,10 +412,10 @@ fn subscriber(o: &Origin, topic: &str, resume: Option<ResumeFrom>) -> (Client, S
     (c, e)
 }
 
-/// Two origins ingesting stream `key`, both following it.
-fn two_origins(redis: &Redis, key: &str) -> (Origin, Origin) {
-    let a = Origin::start(&redis.url(key), "127.0.0.1:0");
-    let b = Origin::start(&redis.url(key), "127.0.0.1:0");
+/// Two origins ingesting `topic`'s stream, both following it.
+fn two_origins(log: &impl Log, topic: &str) -> (Origin, Origin) {
+    let a = Origin::start(&log.url(&[topic]), "127.0.0.1:0");
+    let b = Origin::start(&log.url(&[topic]), "127.0.0.1:0");
     wait_for(T, "both origins synced", || a.ready() && b.ready());
     (a, b)
 }
@@ -251,49 +425,46 @@ fn epoch(c: &Client) -> u64 {
 }
 
 /// The stream's entries reach subscribers in order, numbered by their position in the stream
-/// (entries added before the origin started included), stamped with their entry ids' time.
-#[test]
-fn stream_entries_reach_subscribers_in_order_numbered_by_the_stream() {
-    let redis = Redis::fresh();
+/// (entries added before the origin started included), stamped with the time the log stored
+/// them.
+fn stream_entries_reach_subscribers_in_order_numbered_by_the_stream<L: Log>() {
+    let log = L::fresh();
     for p in ["a", "b", "c"] {
-        redis.xadd("score/1", p);
+        log.append("score/1", p);
     }
-    let o = Origin::start(&redis.url("score/1,score/2"), "127.0.0.1:0");
+    log.append("score/2", "first");
+    let o = Origin::start(&log.url(&["score/1", "score/2"]), "127.0.0.1:0");
     wait_for(T, "ingest synced", || o.ready());
     let (mut c, ack) = subscriber(&o, "score/1", None);
     assert_eq!((ack.result, ack.seq), (SubResult::Ok, 3));
     let snap = c.next_update(T).expect("the latest value");
     assert_eq!((snap.seq, &snap.payload[..]), (3, &b"c"[..]));
-    let mut ids = Vec::new();
+    let mut stamps = Vec::new();
     for i in 0..20 {
-        ids.push(redis.xadd("score/1", &format!("u{i}")));
+        stamps.push(log.append("score/1", &format!("u{i}")));
     }
-    for (i, id) in ids.iter().enumerate() {
+    for (i, ts) in stamps.iter().enumerate() {
         let u = c.next_update(T).expect("every entry");
         assert_eq!(u.seq, 4 + i as u64);
         assert_eq!(u.payload, format!("u{i}").into_bytes());
-        let ms: u64 = id.split('-').next().unwrap().parse().unwrap();
-        assert_eq!(
-            u.timestamp_us,
-            ms * 1000,
-            "stamped with the entry id's time"
-        );
+        assert_eq!(u.timestamp_us, *ts, "stamped with the stored time");
     }
     // The other stream is another topic, numbered on its own.
     let (mut c2, ack) = subscriber(&o, "score/2", None);
-    assert_eq!((ack.result, ack.seq), (SubResult::Ok, 0));
-    redis.xadd("score/2", "first");
-    assert_eq!(c2.next_update(T).expect("score/2").seq, 1);
+    assert_eq!((ack.result, ack.seq), (SubResult::Ok, 1));
+    assert_eq!(c2.next_update(T).expect("score/2 snapshot").seq, 1);
+    log.append("score/2", "second");
+    let u = c2.next_update(T).expect("score/2");
+    assert_eq!((u.seq, &u.payload[..]), (2, &b"second"[..]));
 }
 
 /// Two origins on the same stream give every update the same epoch, number, timestamp and
 /// payload; one of them killed and started again carries on from the stream, and its clients
 /// resume (`resumed`, the missed updates replayed) instead of resetting.
-#[test]
-fn origins_on_one_stream_number_alike_and_a_restart_resumes() {
-    let redis = Redis::fresh();
-    redis.xadd("match/9", "toss");
-    let (a, b) = two_origins(&redis, "match/9");
+fn origins_on_one_stream_number_alike_and_a_restart_resumes<L: Log>() {
+    let log = L::fresh();
+    log.append("match/9", "toss");
+    let (a, b) = two_origins(&log, "match/9");
     let (mut ca, _) = subscriber(&a, "match/9", None);
     let (mut cb, _) = subscriber(&b, "match/9", None);
     assert_eq!(epoch(&ca), epoch(&cb), "one epoch for one stream");
@@ -301,7 +472,7 @@ fn origins_on_one_stream_number_alike_and_a_restart_resumes() {
         assert_eq!(c.next_update(T).expect("snapshot").seq, 1);
     }
     for i in 0..30 {
-        redis.xadd("match/9", &format!("ball {i}"));
+        log.append("match/9", &format!("ball {i}"));
     }
     for _ in 0..30 {
         let (ua, ub) = (ca.next_update(T).unwrap(), cb.next_update(T).unwrap());
@@ -314,9 +485,9 @@ fn origins_on_one_stream_number_alike_and_a_restart_resumes() {
     let listen = a.addr.to_string();
     let old_epoch = epoch(&ca);
     drop(a);
-    redis.xadd("match/9", "while down 1");
-    redis.xadd("match/9", "while down 2");
-    let a = Origin::start(&redis.url("match/9"), &listen);
+    log.append("match/9", "while down 1");
+    log.append("match/9", "while down 2");
+    let a = Origin::start(&log.url(&["match/9"]), &listen);
     wait_for(T, "restarted origin synced", || a.ready());
     let (mut again, ack) = subscriber(
         &a,
@@ -334,24 +505,25 @@ fn origins_on_one_stream_number_alike_and_a_restart_resumes() {
     }
 }
 
-/// The stream's server goes away: the origin is not ready (readiness says why), subscribers
-/// keep the last value (new ones get it too), and when the stream is back the numbering goes on.
-#[test]
-fn a_stream_outage_shows_and_clients_keep_their_last_values() {
-    let mut redis = Redis::fresh();
-    redis.xadd("odds/3", "2.10");
-    let o = Origin::start(&redis.url("odds/3"), "127.0.0.1:0");
+/// The stream's server goes away: the origin is not ready (readiness says why, the feed
+/// counters count it), subscribers keep the last value (new ones get it too), and when the
+/// stream is back the numbering goes on.
+fn a_stream_outage_shows_and_clients_keep_their_last_values<L: Log>() {
+    let mut log = L::fresh();
+    log.append("odds/3", "2.10");
+    let o = Origin::start(&log.url(&["odds/3"]), "127.0.0.1:0");
     wait_for(T, "synced", || o.ready());
     let (mut c, _) = subscriber(&o, "odds/3", None);
     assert_eq!(c.next_update(T).unwrap().seq, 1);
-    redis.kill();
+    log.kill();
     wait_for(T, "not ready while the stream is away", || !o.ready());
+    assert!(o.feed_counter("source_errors") >= 1);
     let (mut late, ack) = subscriber(&o, "odds/3", None);
     assert_eq!((ack.result, ack.seq), (SubResult::Ok, 1));
     assert_eq!(&late.next_update(T).unwrap().payload[..], b"2.10");
-    let redis = Redis::start(redis.port, redis.dir.clone());
+    log.restart();
     wait_for(T, "ready again", || o.ready());
-    redis.xadd("odds/3", "1.95");
+    log.append("odds/3", "1.95");
     for cl in [&mut c, &mut late] {
         let u = cl.next_update(T).expect("the stream goes on");
         assert_eq!((u.seq, u.flags, &u.payload[..]), (2, 0, &b"1.95"[..]));
@@ -360,18 +532,17 @@ fn a_stream_outage_shows_and_clients_keep_their_last_values() {
 
 /// A relay following two origins on one stream (`--upstream A,B`) moves to B when A dies; B
 /// has the same epoch and numbers, so the relay's clients see no RESET and no gap.
-#[test]
-fn a_relay_fails_over_between_origins_on_one_stream_without_reset() {
-    let redis = Redis::fresh();
-    redis.xadd("match/7", "toss");
-    let (a, b) = two_origins(&redis, "match/7");
+fn a_relay_fails_over_between_origins_on_one_stream_without_reset<L: Log>() {
+    let log = L::fresh();
+    log.append("match/7", "toss");
+    let (a, b) = two_origins(&log, "match/7");
     let relay = Origin::relay(&format!("{},{}", a.addr, b.addr));
     wait_for(T, "relay synced", || relay.ready());
     let (mut c, ack) = subscriber(&relay, "match/7", None);
     assert_eq!((ack.result, ack.seq), (SubResult::Ok, 1));
     assert_eq!(c.next_update(T).unwrap().seq, 1);
     for i in 0..5 {
-        redis.xadd("match/7", &format!("before {i}"));
+        log.append("match/7", &format!("before {i}"));
     }
     for seq in 2..=6 {
         let u = c.next_update(T).expect("through A");
@@ -382,7 +553,7 @@ fn a_relay_fails_over_between_origins_on_one_stream_without_reset() {
         relay.feed_counter("snapshot_fallbacks") >= 1
     });
     for i in 0..5 {
-        redis.xadd("match/7", &format!("after {i}"));
+        log.append("match/7", &format!("after {i}"));
     }
     for (k, seq) in (7..=11).enumerate() {
         let u = c.next_update(T).expect("through B");
@@ -393,6 +564,84 @@ fn a_relay_fails_over_between_origins_on_one_stream_without_reset() {
         );
     }
     assert_eq!(relay.feed_counter("resets"), 0);
+}
+
+/// A topic the stream numbers takes no PUBLISH (nor POST, nor HTTP publish): a number taken
+/// there would collide with the stream's. The publisher gets ERROR not_publisher saying why;
+/// the stream's numbering goes on untouched, and other topics publish as usual.
+fn publishing_to_an_ingested_topic_is_refused<L: Log>() {
+    let log = L::fresh();
+    log.append("score/5", "first");
+    let o = Origin::start(&log.url(&["score/5"]), "127.0.0.1:0");
+    wait_for(T, "synced", || o.ready());
+    let (mut c, _) = subscriber(&o, "score/5", None);
+    assert_eq!(c.next_update(T).unwrap().seq, 1);
+    let mut p = Client::connect(o.addr, Role::Publisher);
+    p.publish("score/5", 0, b"forged");
+    match p.next(T) {
+        Some(Frame::Error(e)) => {
+            assert_eq!(e.code, ErrorCode::NotPublisher as u16);
+            assert!(e.message.contains("fed by the ingest"), "{}", e.message);
+        }
+        other => panic!("expected ERROR not_publisher, got {other:?}"),
+    }
+    log.append("score/5", "second");
+    let u = c.next_update(T).expect("the stream goes on");
+    assert_eq!((u.seq, &u.payload[..]), (2, &b"second"[..]));
+    // Another topic is published to as usual.
+    let (mut other, _) = subscriber(&o, "chat/1", None);
+    let mut p = Client::connect(o.addr, Role::Publisher);
+    p.publish("chat/1", 0, b"hello");
+    assert_eq!(other.next_update(T).expect("published").seq, 1);
+}
+
+/// Every test above, once against each log.
+macro_rules! on_each_log {
+    ($($name:ident),* $(,)?) => {
+        mod redis_stream {
+            $(#[test] fn $name() { super::$name::<super::Redis>() })*
+        }
+        mod nats_jetstream {
+            $(#[test] fn $name() { super::$name::<super::JetStream>() })*
+        }
+    };
+}
+
+on_each_log!(
+    stream_entries_reach_subscribers_in_order_numbered_by_the_stream,
+    origins_on_one_stream_number_alike_and_a_restart_resumes,
+    a_stream_outage_shows_and_clients_keep_their_last_values,
+    a_relay_fails_over_between_origins_on_one_stream_without_reset,
+    publishing_to_an_ingested_topic_is_refused,
+);
+
+/// A JetStream stream deleted and created again starts its numbers over: the origin notices
+/// (another creation time), and the topic's clients get the new stream's first message flagged
+/// SNAPSHOT|RESET, then the rest in order.
+#[test]
+fn a_jetstream_stream_created_again_resets_its_topic() {
+    let log = JetStream::fresh();
+    for i in 0..3 {
+        log.append("score/8", &format!("old {i}"));
+    }
+    let o = Origin::start(&log.url(&["score/8"]), "127.0.0.1:0");
+    wait_for(T, "synced", || o.ready());
+    let (mut c, _) = subscriber(&o, "score/8", None);
+    assert_eq!(c.next_update(T).unwrap().seq, 3);
+    log.recreate("score/8");
+    log.append("score/8", "new 0");
+    let u = c.next_update(T).expect("the new stream's first message");
+    assert_eq!(
+        (u.seq, u.flags, &u.payload[..]),
+        (
+            1,
+            update_flags::SNAPSHOT | update_flags::RESET,
+            &b"new 0"[..]
+        )
+    );
+    log.append("score/8", "new 1");
+    let u = c.next_update(T).expect("in order after it");
+    assert_eq!((u.seq, u.flags, &u.payload[..]), (2, 0, &b"new 1"[..]));
 }
 
 /// `yorker sink`: a backend that appends every client message to a Redis stream, keyed by user.
@@ -484,34 +733,4 @@ fn client_messages_reach_the_stream_through_the_sink() {
     assert_eq!(fields, want);
     let _ = sink.kill();
     let _ = sink.wait();
-}
-
-/// A topic the stream numbers takes no PUBLISH (nor POST, nor HTTP publish): a number taken
-/// there would collide with the stream's. The publisher gets ERROR not_publisher saying why;
-/// the stream's numbering goes on untouched, and other topics publish as usual.
-#[test]
-fn publishing_to_an_ingested_topic_is_refused() {
-    let redis = Redis::fresh();
-    redis.xadd("score/5", "first");
-    let o = Origin::start(&redis.url("score/5"), "127.0.0.1:0");
-    wait_for(T, "synced", || o.ready());
-    let (mut c, _) = subscriber(&o, "score/5", None);
-    assert_eq!(c.next_update(T).unwrap().seq, 1);
-    let mut p = Client::connect(o.addr, Role::Publisher);
-    p.publish("score/5", 0, b"forged");
-    match p.next(T) {
-        Some(Frame::Error(e)) => {
-            assert_eq!(e.code, ErrorCode::NotPublisher as u16);
-            assert!(e.message.contains("fed by the ingest"), "{}", e.message);
-        }
-        other => panic!("expected ERROR not_publisher, got {other:?}"),
-    }
-    redis.xadd("score/5", "second");
-    let u = c.next_update(T).expect("the stream goes on");
-    assert_eq!((u.seq, &u.payload[..]), (2, &b"second"[..]));
-    // Another topic is published to as usual.
-    let (mut other, _) = subscriber(&o, "chat/1", None);
-    let mut p = Client::connect(o.addr, Role::Publisher);
-    p.publish("chat/1", 0, b"hello");
-    assert_eq!(other.next_update(T).expect("published").seq, 1);
 }
