@@ -85,8 +85,14 @@ pub struct BenchArgs {
     /// (HOST:PORT) instead of to the engine, for an engine that ingests it
     /// (`--ingest redis-stream://HOST:PORT/<--topic>`): latency is then producer -> Redis ->
     /// engine -> client.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "publish_jetstream")]
     pub publish_stream: Option<SocketAddr>,
+    /// Publish into JetStream on this NATS server (HOST:PORT): a NATS PUB to subject
+    /// `<--topic with . for />`, stored by the stream that collects it, for an engine that
+    /// ingests that stream (`--ingest nats-jetstream://HOST:PORT/STREAM=<--topic>`): latency is
+    /// then producer -> NATS -> engine -> client.
+    #[arg(long)]
+    pub publish_jetstream: Option<SocketAddr>,
     /// The topic (default: a fresh `bench/<pid>-<n>`).
     #[arg(long)]
     pub topic: Option<String>,
@@ -214,9 +220,10 @@ pub fn run(a: &BenchArgs) -> Result<i32, String> {
         None
     };
     let addr = a.publish_addr.unwrap_or(a.addrs[0]);
-    let mut publisher = match a.publish_stream {
-        Some(redis) => Publisher::connect_stream(redis),
-        None => Publisher::connect_proto(addr, &a.key, a.proto),
+    let mut publisher = match (a.publish_stream, a.publish_jetstream) {
+        (Some(redis), _) => Publisher::connect_stream(redis),
+        (None, Some(nats)) => Publisher::connect_jetstream(nats),
+        (None, None) => Publisher::connect_proto(addr, &a.key, a.proto),
     }
     .map_err(|e| e.to_string())?;
     let server_pid = a.server_pid.map(|p| p.to_string());

@@ -18,6 +18,8 @@ pub struct Publisher {
     proto: Proto,
     /// Publishes by XADD to the Redis stream named like the topic (an engine's --ingest).
     xadd: bool,
+    /// Publishing into a JetStream stream: the subject is the topic with `.` for `/`.
+    jetstream: bool,
 }
 
 /// Why publishing failed.
@@ -94,6 +96,7 @@ impl Publisher {
             buf: BytesMut::new(),
             proto,
             xadd: false,
+            jetstream: false,
         })
     }
 
@@ -104,6 +107,18 @@ impl Publisher {
         s.set_nodelay(true)?;
         let mut p = Publisher::connect_peer(s, Proto::Redis)?;
         p.xadd = true;
+        Ok(p)
+    }
+
+    /// A publisher into JetStream at `addr` (a NATS server): a core NATS PUB to subject
+    /// `<topic with . for />`, which the stream collecting that subject stores, for an engine
+    /// that ingests it (`yorker serve --ingest nats-jetstream://...`). Fire and forget, like a
+    /// feed that does not wait for acknowledgements.
+    pub fn connect_jetstream(addr: SocketAddr) -> Result<Publisher, PublishError> {
+        let s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        let mut p = Publisher::connect_peer(s, Proto::Nats)?;
+        p.jetstream = true;
         Ok(p)
     }
 
@@ -149,6 +164,7 @@ impl Publisher {
             buf: BytesMut::new(),
             proto,
             xadd: false,
+            jetstream: false,
         })
     }
 
@@ -164,6 +180,10 @@ impl Publisher {
         if self.xadd {
             let cmd = redis::command(&[b"XADD", topic.as_bytes(), b"*", b"payload", payload]);
             return Ok(self.out.write_all(&cmd)?);
+        }
+        if self.jetstream {
+            let subject = topic.replace('/', ".");
+            return Ok(self.out.write_all(&nats::publish(&subject, payload))?);
         }
         // Publishers speak the protocol inside the transport (connect_proto keeps only that).
         match self.proto.base() {

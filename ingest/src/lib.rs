@@ -148,7 +148,7 @@ pub(crate) fn split_redis_stream_url(url: &str) -> Result<(&str, &str, &str), Ba
 
 /// Splits `nats-jetstream://[CREDENTIALS@]HOST:PORT/PATH[?QUERY]` into the credentials, the
 /// address, the path and the query.
-fn split_jetstream_url(url: &str) -> Result<(NatsAuth, &str, &str, &str), BadIngestUrl> {
+pub(crate) fn split_jetstream_url(url: &str) -> Result<(NatsAuth, &str, &str, &str), BadIngestUrl> {
     let bad = |why: &str| BadIngestUrl::new(url, why);
     let rest = url
         .strip_prefix("nats-jetstream://")

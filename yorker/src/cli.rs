@@ -41,7 +41,7 @@ pub fn relay(args: ServeArgs, relay: RelayArgs) -> ExitCode {
 /// key, 2 for a bad destination.
 pub fn sink(args: crate::config::SinkArgs) -> ExitCode {
     init_logs(args.log_format);
-    let (redis, stream, maxlen) = match yorker_ingest::sink::SinkConfig::destination(&args.to) {
+    let to = match args.to.parse::<yorker_ingest::sink::Destination>() {
         Ok(d) => d,
         Err(e) => {
             tracing::error!("--to: {e}");
@@ -51,9 +51,7 @@ pub fn sink(args: crate::config::SinkArgs) -> ExitCode {
     let cfg = yorker_ingest::sink::SinkConfig {
         engine: args.engine,
         backend_key: args.backend_key,
-        redis,
-        stream,
-        maxlen,
+        to,
     };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [SIGTERM, SIGINT] {

@@ -655,8 +655,10 @@ pub struct SinkArgs {
     /// The engine's backend key (its --backend-key), or a token with role backend.
     #[arg(long, env = "YORKER_BACKEND_KEY", hide_env_values = true)]
     pub backend_key: String,
-    /// Where messages go: redis-stream://HOST:PORT/KEY[?maxlen=N] (MAXLEN ~ N trims it).
-    #[arg(long, env = "YORKER_SINK_TO")]
+    /// Where messages go: redis-stream://HOST:PORT/KEY[?maxlen=N] (MAXLEN ~ N trims it), or
+    /// nats-jetstream://[USER:PASSWORD@|TOKEN@]HOST:PORT/SUBJECT (published to SUBJECT.<user>,
+    /// stored by the JetStream stream that collects SUBJECT.>).
+    #[arg(long, env = "YORKER_SINK_TO", hide_env_values = true)]
     pub to: String,
     /// Log lines as text (default) or one JSON object per line.
     #[arg(long, env = "YORKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -59,6 +59,11 @@ trait Log: Sized {
     fn kill(&mut self);
     /// Starts it again on the same port and data.
     fn restart(&mut self);
+    /// `yorker sink --to` for a destination named `name` (created if the log needs that).
+    fn sink_url(&self, name: &str) -> String;
+    /// How many messages the sink has stored under `name`, and the newest as
+    /// `[user, session, request, key, payload]`.
+    fn sunk(&self, name: &str) -> (u64, Vec<String>);
 }
 
 fn kill(child: &mut Child) {
@@ -136,6 +141,21 @@ impl Log for Redis {
     fn restart(&mut self) {
         self.kill();
         self.child = Redis::spawn(self.port, &self.dir);
+    }
+
+    fn sink_url(&self, key: &str) -> String {
+        format!("redis-stream://127.0.0.1:{}/{key}", self.port)
+    }
+
+    fn sunk(&self, key: &str) -> (u64, Vec<String>) {
+        let len = cmd_all(self.port, &["XLEN", key])[0].parse().unwrap();
+        let last = cmd_all(self.port, &["XREVRANGE", key, "+", "-", "COUNT", "1"]);
+        let fields = last.get(1..).unwrap_or_default();
+        let names: Vec<&str> = fields.iter().step_by(2).map(String::as_str).collect();
+        if !fields.is_empty() {
+            assert_eq!(names, ["user", "session", "request", "key", "payload"]);
+        }
+        (len, fields.iter().skip(1).step_by(2).cloned().collect())
     }
 }
 
@@ -266,6 +286,45 @@ impl Log for JetStream {
     fn restart(&mut self) {
         self.kill();
         self.child = JetStream::spawn(self.port, &self.dir);
+    }
+
+    /// The stream `name` collects `name.>`: the sink publishes to `name.<user>`.
+    fn sink_url(&self, name: &str) -> String {
+        let config = async_nats::jetstream::stream::Config {
+            name: name.into(),
+            subjects: vec![format!("{name}.>")],
+            ..Default::default()
+        };
+        self.with(async |js| {
+            js.get_or_create_stream(config).await?;
+            Ok(())
+        });
+        format!("nats-jetstream://127.0.0.1:{}/{name}", self.port)
+    }
+
+    fn sunk(&self, name: &str) -> (u64, Vec<String>) {
+        let name = name.to_string();
+        self.with(async |js| {
+            let mut stream = js.get_stream(&name).await?;
+            let state = stream.info().await?.state.clone();
+            if state.messages == 0 {
+                return Ok((0, Vec::new()));
+            }
+            let m = stream.get_raw_message(state.last_sequence).await?;
+            let h = |k: &str| m.headers.get(k).map(|v| v.to_string()).unwrap_or_default();
+            // Anonymous senders are `_` in the subject.
+            assert_eq!(m.subject.as_str(), format!("{name}._"));
+            Ok((
+                state.messages,
+                vec![
+                    h("Yorker-User"),
+                    h("Yorker-Session"),
+                    h("Yorker-Request"),
+                    h("Yorker-Key"),
+                    String::from_utf8_lossy(&m.payload).into_owned(),
+                ],
+            ))
+        })
     }
 }
 
@@ -613,6 +672,7 @@ on_each_log!(
     a_stream_outage_shows_and_clients_keep_their_last_values,
     a_relay_fails_over_between_origins_on_one_stream_without_reset,
     publishing_to_an_ingested_topic_is_refused,
+    client_messages_reach_the_log_through_the_sink,
 );
 
 /// A JetStream stream deleted and created again starts its numbers over: the origin notices
@@ -644,12 +704,12 @@ fn a_jetstream_stream_created_again_resets_its_topic() {
     assert_eq!((u.seq, u.flags, &u.payload[..]), (2, 0, &b"new 1"[..]));
 }
 
-/// `yorker sink`: a backend that appends every client message to a Redis stream, keyed by user.
-/// Each MESSAGE acknowledged ok is in the stream, with its user, session, request id, routing
-/// key and payload.
-#[test]
-fn client_messages_reach_the_stream_through_the_sink() {
-    let redis = Redis::fresh();
+/// `yorker sink`: a backend that appends every client message to the log, keyed by user. Each
+/// MESSAGE acknowledged ok is in the log, with its user, session, request id, routing key and
+/// payload.
+fn client_messages_reach_the_log_through_the_sink<L: Log>() {
+    let log = L::fresh();
+    let to = log.sink_url("bets");
     let (engine, addr, _admin) = support::serve_with_admin(&[
         "--listen",
         "127.0.0.1:0",
@@ -674,10 +734,7 @@ fn client_messages_reach_the_stream_through_the_sink() {
             "--backend-key",
             "sink-key",
         ])
-        .args([
-            "--to",
-            &format!("redis-stream://127.0.0.1:{}/bets", redis.port),
-        ])
+        .args(["--to", &to])
         .stderr(Stdio::null())
         .spawn()
         .expect("yorker sink");
@@ -713,24 +770,15 @@ fn client_messages_reach_the_stream_through_the_sink() {
         id += 1;
         assert_eq!(send(&mut c, id, &format!("bet {i}")), 0, "acknowledged ok");
     }
-    wait_for(T, "11 entries in the stream", || {
-        cmd_all(redis.port, &["XLEN", "bets"]) == ["11"]
-    });
-    let last = cmd_all(redis.port, &["XREVRANGE", "bets", "+", "-", "COUNT", "1"]);
-    let fields = &last[1..];
+    wait_for(T, "11 messages in the log", || log.sunk("bets").0 == 11);
     let want = [
-        "user",
         "",
-        "session",
         &session.to_string(),
-        "request",
         &id.to_string(),
-        "key",
         "match/1",
-        "payload",
         "bet 9",
     ];
-    assert_eq!(fields, want);
+    assert_eq!(log.sunk("bets").1, want);
     let _ = sink.kill();
     let _ = sink.wait();
 }
