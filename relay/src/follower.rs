@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use socket2::{Domain, Protocol, Socket, Type};
 use yorker_wire::feed::{messages, sign_nak, FeedHeader, FeedMessage, Kind};
+use yorker_wire::ErrorCode;
 
 use super::receiver::{Action, Receiver, ReceiverConfig, ReceiverStats, SnapshotReason};
 use super::upstream::{self, Synced, UpstreamConfig, UpstreamError};
@@ -175,9 +176,11 @@ fn follow_tcp(mut cfg: UpstreamConfig, addrs: &[String], injector: Injector, sto
     let mut attempt = 0u32;
     let mut first = true;
     let mut next = 0usize;
+    // Off once an upstream refused a catch-up request (an engine from before them).
+    let mut catch_up = true;
     while !stop.load(Ordering::Acquire) {
         cfg.addr = addrs[next % addrs.len()].clone();
-        let r = upstream::session(&cfg, &injector, true, stop, &mut |s| {
+        let r = upstream::session_with(&cfg, &injector, true, catch_up, stop, &mut |s| {
             tracing::info!(
                 "synced with upstream {} (epoch {:#x}, {} topics)",
                 cfg.addr,
@@ -198,6 +201,19 @@ fn follow_tcp(mut cfg: UpstreamConfig, addrs: &[String], injector: Injector, sto
             Err(UpstreamError::GoAway { after_ms, .. }) => {
                 attempt = 0;
                 Duration::from_millis(after_ms as u64)
+            }
+            Err(UpstreamError::Refused { code, .. })
+                if catch_up
+                    && (code == ErrorCode::UnexpectedFrame as u16
+                        || code == ErrorCode::TooManyEntries as u16) =>
+            {
+                tracing::warn!(
+                    "upstream {} refused a catch-up request: resynchronising by snapshot only from now on (topics that moved during a switch reach clients as SNAPSHOT|RESET)",
+                    cfg.addr
+                );
+                catch_up = false;
+                next -= 1; // the same upstream again, at once
+                Duration::ZERO
             }
             Err(e) => {
                 attempt += 1;

@@ -2,6 +2,14 @@
 //! every topic's snapshot, SYNCED, then every update. Used for the multicast relay's snapshot
 //! fallback (stop at SYNCED) and for `yorker relay --upstream` (follow until it ends).
 //!
+//! **Catching up after a failover.** When the upstream has the epoch the relay already holds
+//! (another origin on the same log, or the same one back), a topic whose snapshot jumps more
+//! than one past what the relay holds would reach the relay's clients as SNAPSHOT|RESET. The
+//! session holds such snapshots back and, after SYNCED, asks for the updates in between
+//! (SUBSCRIBE entries with RESUME, §2.5): the upstream answers `resumed` and replays them from
+//! its history, so clients see every update in order. Only what history no longer holds is
+//! answered `reset`, with the snapshot flagged SNAPSHOT|RESET.
+//!
 //! Blocking I/O on its own thread: a relay has one upstream, not a hundred thousand.
 
 use std::collections::HashMap;
@@ -12,7 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use yorker_wire::{
-    ClientConfig, ClientEvent, ClientSession, Disconnect, ErrorCode, Role, PROTOCOL_VERSION,
+    update_flags, ClientConfig, ClientEvent, ClientSession, Disconnect, ErrorCode, Frame,
+    ResumeFrom, Role, SubResult, Subscribe, SubscribeEntry, Update, PROTOCOL_VERSION,
 };
 
 use super::{unix_us, Injector};
@@ -91,14 +100,30 @@ pub(crate) fn resolve(addr: &str) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))
 }
 
+/// Topics per catch-up SUBSCRIBE (well under any server's `max_subscriptions`).
+const CATCH_UP_CHUNK: usize = 256;
+
 /// One session: connect, HELLO as a relay, apply the snapshot; `on_synced` is called at SYNCED.
 /// With `follow` false it returns right after; otherwise it applies live updates until the
-/// connection ends or `stop` is set. The protocol is the one client session of `yorker-wire`
+/// connection ends or `stop` is set, and catches up on topics a failover skipped (see the
+/// module's docs). The protocol is the one client session of `yorker-wire`
 /// ([`ClientSession`]); this function only moves bytes and applies what it reports.
 pub fn session(
     cfg: &UpstreamConfig,
     injector: &Injector,
     follow: bool,
+    stop: &AtomicBool,
+    on_synced: &mut dyn FnMut(Synced),
+) -> Result<Synced, UpstreamError> {
+    session_with(cfg, injector, follow, follow, stop, on_synced)
+}
+
+/// [`session`], with catching up chosen separately (off for an upstream that refused it).
+pub(crate) fn session_with(
+    cfg: &UpstreamConfig,
+    injector: &Injector,
+    follow: bool,
+    catch_up: bool,
     stop: &AtomicBool,
     on_synced: &mut dyn FnMut(Synced),
 ) -> Result<Synced, UpstreamError> {
@@ -127,6 +152,15 @@ pub fn session(
     cs.on_connected(now());
     // None: over this relay's topic cap; its updates are dropped (and counted).
     let mut topics: HashMap<u32, Option<Arc<Topic>>> = HashMap::new();
+    // The upstream numbers in the epoch this relay already holds: snapshots that skip updates
+    // can be caught up on.
+    let mut same_epoch = false;
+    let mut synced = false;
+    // Topic id -> its snapshot, held back until the catch-up is answered; updates of these
+    // topics until then are covered by the replay and dropped.
+    let mut held: HashMap<u32, Update> = HashMap::new();
+    // Catch-up request id -> its topic ids, in entry order.
+    let mut asked: HashMap<u32, Vec<u32>> = HashMap::new();
     let mut buf = vec![0u8; 256 * 1024];
     let proto = |why: String| UpstreamError::Protocol {
         addr: cfg.addr.clone(),
@@ -158,6 +192,7 @@ pub fn session(
         while let Some(ev) = cs.poll_event() {
             match ev {
                 ClientEvent::Connected { epoch, .. } => {
+                    same_epoch = catch_up && injector.registry().epoch() == epoch;
                     // Numbers from now on are the upstream's: adopt its epoch first, so that a
                     // restart shows as SNAPSHOT|RESET on every topic.
                     injector.registry().adopt_epoch(epoch);
@@ -166,7 +201,18 @@ pub fn session(
                     topics.insert(id, injector.topic(&name).ok());
                 }
                 ClientEvent::Unsubscribed(u) => match topics.get(&u.topic_id) {
+                    Some(Some(_)) if held.contains_key(&u.topic_id) => {}
                     Some(Some(t)) => {
+                        let have = injector.registry().seq(t);
+                        if same_epoch
+                            && !synced
+                            && u.flags & update_flags::SNAPSHOT != 0
+                            && have > 0
+                            && u.seq > have + 1
+                        {
+                            held.insert(u.topic_id, u);
+                            continue;
+                        }
                         injector.apply(t, &u, unix_us());
                     }
                     Some(None) => {}
@@ -177,19 +223,78 @@ pub fn session(
                         )))
                     }
                 },
+                ClientEvent::Answered(a) => {
+                    let Some(ids) = asked.remove(&a.request_id) else {
+                        continue;
+                    };
+                    for (id, e) in ids.into_iter().zip(a.entries) {
+                        let Some(snapshot) = held.remove(&id) else {
+                            continue;
+                        };
+                        // `resumed`: the replay follows; `reset`: the snapshot follows, flagged
+                        // SNAPSHOT|RESET. Anything else: apply what was held (a RESET).
+                        if !matches!(e.result, SubResult::Resumed | SubResult::Reset) {
+                            if let Some(Some(t)) = topics.get(&id) {
+                                injector.apply(t, &snapshot, unix_us());
+                            }
+                        }
+                    }
+                }
                 ClientEvent::Synced {
                     topics: n,
                     epoch,
                     feed_seq,
                 } => {
+                    synced = true;
                     let s = Synced {
                         epoch,
                         feed_seq,
                         topics: n,
                     };
+                    if !follow {
+                        // No catch-up on a session that ends here: apply what was held.
+                        for (id, u) in held.drain() {
+                            if let Some(Some(t)) = topics.get(&id) {
+                                injector.apply(t, &u, unix_us());
+                            }
+                        }
+                    }
                     on_synced(s);
                     if !follow {
                         return Ok(s);
+                    }
+                    if !held.is_empty() {
+                        let mut ids: Vec<u32> = held.keys().copied().collect();
+                        ids.sort_unstable();
+                        tracing::info!(
+                            "catching up on {} topic(s) that moved during the switch to {}",
+                            ids.len(),
+                            cfg.addr
+                        );
+                        for (k, chunk) in ids.chunks(CATCH_UP_CHUNK).enumerate() {
+                            let request_id = 0x4000_0000 + k as u32;
+                            let entries = chunk
+                                .iter()
+                                .filter_map(|id| {
+                                    let t = topics.get(id)?.as_ref()?;
+                                    Some(SubscribeEntry {
+                                        topic: t.name.to_string(),
+                                        resume: Some(ResumeFrom {
+                                            epoch,
+                                            seq: injector.registry().seq(t),
+                                        }),
+                                        conflate: false,
+                                        presence: false,
+                                    })
+                                })
+                                .collect();
+                            cs.send(&Frame::Subscribe(Subscribe {
+                                request_id,
+                                entries,
+                            }))
+                            .map_err(|e| proto(format!("catch-up request: {e}")))?;
+                            asked.insert(request_id, chunk.to_vec());
+                        }
                     }
                 }
                 ClientEvent::Disconnected { reason, .. } => {

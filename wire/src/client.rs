@@ -148,6 +148,9 @@ pub enum ClientEvent {
         /// The name.
         name: String,
     },
+    /// A SUBACK for a SUBSCRIBE sent with [`ClientSession::send`] (not through
+    /// [`ClientSession::subscribe`]): a relay's catch-up request (docs/PROTOCOL.md §2.5).
+    Answered(SubAck),
     /// Relay sessions: the snapshot of every topic is complete.
     Synced {
         /// Topics in it.
@@ -489,6 +492,10 @@ impl ClientSession {
             }
             Frame::SubAck(a) => {
                 let Some(indices) = self.requests.remove(&a.request_id) else {
+                    if a.request_id != 0 {
+                        self.events.push_back(ClientEvent::Answered(a));
+                        return;
+                    }
                     // Request id 0: subscriptions a refreshed token revoked.
                     for e in a.entries {
                         if let Some(i) = self.ids.remove(&e.topic_id) {

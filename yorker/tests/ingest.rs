@@ -625,6 +625,45 @@ fn a_relay_fails_over_between_origins_on_one_stream_without_reset<L: Log>() {
     assert_eq!(relay.feed_counter("resets"), 0);
 }
 
+/// A relay whose origin stops forwarding while the stream moves on (frozen, then killed) has
+/// missed several updates when it moves to B: B's snapshot jumps ahead. The relay catches up
+/// (asks B for the updates after its seq, replayed from B's history), so its clients still see
+/// every update in order, no RESET and no gap.
+fn a_relay_catches_up_on_what_it_missed_during_a_failover<L: Log>() {
+    let log = L::fresh();
+    log.append("match/6", "toss");
+    let (a, b) = two_origins(&log, "match/6");
+    let relay = Origin::relay(&format!("{},{}", a.addr, b.addr));
+    wait_for(T, "relay synced", || relay.ready());
+    let (mut c, _) = subscriber(&relay, "match/6", None);
+    assert_eq!(c.next_update(T).unwrap().seq, 1);
+    // Freeze A: the relay's session to it stays open, and nothing comes through.
+    let frozen = Command::new("kill")
+        .args(["-STOP", &a.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(frozen.success());
+    for i in 0..5 {
+        log.append("match/6", &format!("during {i}"));
+    }
+    wait_for(T, "B has all five", || {
+        subscriber(&b, "match/6", None).1.seq == 6
+    });
+    drop(a);
+    for (k, seq) in (2..=6).enumerate() {
+        let u = c.next_update(T).expect("caught up through B");
+        assert_eq!(
+            (u.seq, u.flags, &u.payload[..]),
+            (seq, 0, format!("during {k}").as_bytes()),
+            "no RESET, no gap"
+        );
+    }
+    log.append("match/6", "after");
+    let u = c.next_update(T).expect("live through B");
+    assert_eq!((u.seq, u.flags, &u.payload[..]), (7, 0, &b"after"[..]));
+    assert_eq!(relay.feed_counter("resets"), 0);
+}
+
 /// A topic the stream numbers takes no PUBLISH (nor POST, nor HTTP publish): a number taken
 /// there would collide with the stream's. The publisher gets ERROR not_publisher saying why;
 /// the stream's numbering goes on untouched, and other topics publish as usual.
@@ -671,6 +710,7 @@ on_each_log!(
     origins_on_one_stream_number_alike_and_a_restart_resumes,
     a_stream_outage_shows_and_clients_keep_their_last_values,
     a_relay_fails_over_between_origins_on_one_stream_without_reset,
+    a_relay_catches_up_on_what_it_missed_during_a_failover,
     publishing_to_an_ingested_topic_is_refused,
     client_messages_reach_the_log_through_the_sink,
 );

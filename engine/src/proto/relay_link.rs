@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use yorker_wire::{update_flags, ErrorCode, Frame};
+use yorker_wire::{update_flags, ErrorCode, Frame, SubAck, SubAckEntry, SubResult, Subscribe};
 
 use super::outbox::{Entry, Pushed};
 use super::slot::Phase;
@@ -136,5 +136,213 @@ impl Shard {
                 );
             }
         }
+    }
+
+    /// A relay catching up (docs/PROTOCOL.md §2.5): after a failover to this server it found
+    /// topics whose snapshot jumped past what it holds, and asks, with SUBSCRIBE entries
+    /// carrying RESUME, for the updates after its seq instead. Answered with one SUBACK (per
+    /// entry `resumed`, the missed updates following from history; `reset`, the snapshot
+    /// following flagged SNAPSHOT|RESET; `invalid_topic` for a topic this server does not
+    /// have), then those frames, in the link's order. Nothing is subscribed: the link gets
+    /// every topic anyway. Entries without RESUME are `invalid_topic` too.
+    pub(crate) fn relay_catch_up(&mut self, slot: u32, s: Subscribe, now: Now) {
+        if s.entries.len() > self.cfg.max_subscriptions as usize {
+            return self.fail(
+                slot,
+                ErrorCode::TooManyEntries,
+                "more entries than max_subscriptions",
+                now,
+            );
+        }
+        let Some(i) = self.relays.iter().position(|r| r.slot == slot) else {
+            return;
+        };
+        let suback_len = 11 + 13 * s.entries.len();
+        let mut budget = self
+            .cfg
+            .relay_outbox_limit
+            .saturating_sub(self.outbox_bytes(slot) + suback_len);
+        let mut acks = Vec::with_capacity(s.entries.len());
+        let mut frames = Vec::new();
+        for e in s.entries {
+            let (Some(t), Some(resume)) = (self.registry.lookup(&e.topic), e.resume) else {
+                acks.push(SubAckEntry {
+                    result: SubResult::InvalidTopic,
+                    topic_id: 0,
+                    seq: 0,
+                });
+                continue;
+            };
+            let start = self.registry.start_subscription(&t, Some(resume), budget);
+            budget = budget.saturating_sub(start.frames.iter().map(Bytes::len).sum());
+            let link = &mut self.relays[i];
+            if !link.sent.contains_key(&t.id) {
+                // Not announced on this link yet (created after its snapshot).
+                frames.push(t.topic_frame.clone());
+            }
+            let sent = link.sent.entry(t.id).or_insert(0);
+            // Live updates up to `start.seq` still on their way to this shard are covered.
+            *sent = (*sent).max(start.seq);
+            acks.push(SubAckEntry {
+                result: start.result,
+                topic_id: t.id,
+                seq: start.seq,
+            });
+            frames.extend(start.frames);
+        }
+        let suback = Frame::SubAck(SubAck {
+            request_id: s.request_id,
+            entries: acks,
+        })
+        .to_bytes()
+        .expect("at most max_subscriptions entries");
+        for f in std::iter::once(suback).chain(frames) {
+            if !self.push_relay(slot, f) {
+                self.stats.slow_disconnects += 1;
+                return self.fail(
+                    slot,
+                    ErrorCode::SlowConsumer,
+                    "a catch-up exceeds the relay outbox limit",
+                    now,
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use yorker_wire::*;
+
+    use crate::proto::registry::Registry;
+    use crate::proto::{CoreConfig, Input, Now, Output, Shard};
+
+    /// Everything the shard sent, decoded.
+    fn received(s: &mut Shard, now: Now, dec: &mut Decoder) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        let mut bufs = Vec::new();
+        while let Some(t) = s.poll_transmit(now, &mut bufs) {
+            for b in bufs.drain(..) {
+                dec.feed(&b);
+            }
+            s.handle(Input::SendDone(t), now);
+        }
+        while let Some(f) = dec.next_frame().expect("server frames decode") {
+            frames.push(f);
+        }
+        frames
+    }
+
+    /// A relay that moved here asks for what its failover skipped: `resumed` and the missed
+    /// updates when history holds them, `reset` and the snapshot flagged SNAPSHOT|RESET when it
+    /// does not, `invalid_topic` for a topic this server does not have or an entry without
+    /// RESUME. Live updates the replay covered are not sent again.
+    #[test]
+    fn a_relay_catches_up_from_history_or_is_reset() {
+        // History of 16 updates per topic.
+        let registry = Arc::new(Registry::new(99, 16, 100));
+        let cfg = Arc::new(CoreConfig {
+            max_connections: 4,
+            relay_key: Some("r".into()),
+            ..CoreConfig::default()
+        });
+        let mut s = Shard::new(cfg, registry.clone(), 3);
+        let now = Now { ms: 1, unix_us: 1 };
+        let (a, b) = (
+            registry.get_or_create("a").unwrap(),
+            registry.get_or_create("b").unwrap(),
+        );
+        for t in [&a, &b] {
+            for i in 0..40u8 {
+                registry.publish(t, 0, &[i], 1, &mut |_| {});
+            }
+        }
+        s.handle(Input::Accepted { slot: 0 }, now);
+        let token = loop {
+            if let Some(Output::ArmRecv(t)) = s.poll_output() {
+                break t;
+            }
+        };
+        let hello = Frame::Hello(Hello {
+            version: 1,
+            role: Role::Relay,
+            client_name: "r".into(),
+            token: "r".into(),
+        });
+        s.handle(Input::Received(token, &hello.to_bytes().unwrap()), now);
+        let mut dec = Decoder::new(DEFAULT_MAX_FRAME);
+        let snapshot = received(&mut s, now, &mut dec);
+        assert!(matches!(
+            snapshot.last(),
+            Some(Frame::Synced { topics: 2, .. })
+        ));
+        let resume = |seq| Some(ResumeFrom { epoch: 99, seq });
+        let entry = |topic: &str, resume| SubscribeEntry {
+            topic: topic.into(),
+            resume,
+            conflate: false,
+            presence: false,
+        };
+        let ask = Frame::Subscribe(Subscribe {
+            request_id: 7,
+            entries: vec![
+                entry("a", resume(36)),
+                entry("b", resume(3)),
+                entry("nope", resume(1)),
+                entry("a", None),
+            ],
+        });
+        s.handle(Input::Received(token, &ask.to_bytes().unwrap()), now);
+        let got = received(&mut s, now, &mut dec);
+        let Some(Frame::SubAck(ack)) = got.first() else {
+            panic!("{got:?}")
+        };
+        let results: Vec<(SubResult, u32, u64)> = ack
+            .entries
+            .iter()
+            .map(|e| (e.result, e.topic_id, e.seq))
+            .collect();
+        assert_eq!(ack.request_id, 7);
+        assert_eq!(
+            results,
+            [
+                (SubResult::Resumed, a.id, 40),
+                (SubResult::Reset, b.id, 40),
+                (SubResult::InvalidTopic, 0, 0),
+                (SubResult::InvalidTopic, 0, 0),
+            ]
+        );
+        let updates: Vec<(u32, u64, u8, Bytes)> = got[1..]
+            .iter()
+            .map(|f| match f {
+                Frame::Update(u) => (u.topic_id, u.seq, u.flags, u.payload.clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let reset = update_flags::SNAPSHOT | update_flags::RESET;
+        assert_eq!(
+            updates,
+            [
+                (a.id, 37, 0, Bytes::from_static(&[36])),
+                (a.id, 38, 0, Bytes::from_static(&[37])),
+                (a.id, 39, 0, Bytes::from_static(&[38])),
+                (a.id, 40, 0, Bytes::from_static(&[39])),
+                (b.id, 40, reset, Bytes::from_static(&[39])),
+            ]
+        );
+        // The connection is still a relay link: a live update follows as usual.
+        let mut bus = Vec::new();
+        registry.publish(&a, 0, b"live", 1, &mut |m| bus.push(m));
+        for m in &bus {
+            s.handle(Input::Update(m), now);
+        }
+        let got = received(&mut s, now, &mut dec);
+        assert!(
+            matches!(&got[..], [Frame::Update(u)] if u.seq == 41 && &u.payload[..] == b"live"),
+            "{got:?}"
+        );
     }
 }

@@ -81,13 +81,12 @@ impl Shard {
             (Some(Phase::Active(_)), Frame::Hello(_)) => {
                 self.fail(slot, ErrorCode::UnexpectedFrame, "second HELLO", now)
             }
+            (Some(Phase::Active(Role::Relay)), Frame::Subscribe(s)) => {
+                self.relay_catch_up(slot, s, now)
+            }
             (
                 Some(Phase::Active(Role::Relay)),
-                Frame::Subscribe(_)
-                | Frame::Publish(_)
-                | Frame::Post(_)
-                | Frame::Message(_)
-                | Frame::PresenceGet { .. },
+                Frame::Publish(_) | Frame::Post(_) | Frame::Message(_) | Frame::PresenceGet { .. },
             ) => self.fail(
                 slot,
                 ErrorCode::UnexpectedFrame,
