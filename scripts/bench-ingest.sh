@@ -112,7 +112,7 @@ run() { # source case topic subs mode extra...
   [[ $src == jetstream || ( $src == direct && ! -v PID[redis] ) ]] && port=7992
   out=$(taskset -c 1 timeout 300 $B/yorker-sim bench --addr 127.0.0.1:$port --key bench --topic "$topic" \
         "${via[@]}" --subs "$subs" --mode "$mode" --size 64 --ramp 20000 --server-pid "${PID[$src]}" \
-        --source-base $BASE --json "$@")
+        --source-base $BASE --json "$@") || { echo "run $src-$case (round $round) failed: $out" >&2; exit 1; }
   python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["path"]=sys.argv[2]; d["case"]=sys.argv[3]; d["round"]=int(sys.argv[4]); print(json.dumps(d))' \
     "$out" "$src" "$src-$case" "$round" >> "$RES"
   echo "round $round $src-$case: done"
@@ -139,7 +139,9 @@ for r in rows:
     print(f"| {r['case']} | {r['round']} | {ups:,.0f} | {r['deliveries_per_s']:,.0f} | {lat.get('p50_ms', 0):.2f} / {lat.get('p99_ms', 0):.2f} | {comp.get('p50_ms', 0):.1f} | {r['server_cpu_us_per_delivery']:.2f} | {r['lost']} |")
 def mean(case, f):
     v = [f(r) for r in rows if r['case'] == case]
-    return sum(v) / len(v)
+    return sum(v) / len(v) if v else 0
+def ratio(a, b):
+    return f"{a / b:.2f}x" if b else "n/a"
 print("\n| case | source | against direct: latency p50 | latency p99 | server CPU per delivery |")
 print("|---|---|---|---|---|")
 p50 = lambda r: (r.get('latency') or {}).get('p50_ms', 0)
@@ -147,5 +149,5 @@ p99 = lambda r: (r.get('latency') or {}).get('p99_ms', 0)
 cpu = lambda r: r['server_cpu_us_per_delivery']
 for c in ('burst', 'rate', 'throughput'):
     for src in sorted({r['path'] for r in rows} - {'direct'}):
-        print(f"| {c} | {src} | {mean(src+'-'+c, p50)/mean('direct-'+c, p50):.2f}x | {mean(src+'-'+c, p99)/mean('direct-'+c, p99):.2f}x | {mean(src+'-'+c, cpu)/mean('direct-'+c, cpu):.2f}x |")
+        print(f"| {c} | {src} | " + " | ".join(ratio(mean(src+'-'+c, f), mean('direct-'+c, f)) for f in (p50, p99, cpu)) + " |")
 PY
