@@ -146,22 +146,13 @@ impl Shard {
     /// have), then those frames, in the link's order. Nothing is subscribed: the link gets
     /// every topic anyway. Entries without RESUME are `invalid_topic` too.
     pub(crate) fn relay_catch_up(&mut self, slot: u32, s: Subscribe, now: Now) {
-        if s.entries.len() > self.cfg.max_subscriptions as usize {
-            return self.fail(
-                slot,
-                ErrorCode::TooManyEntries,
-                "more entries than max_subscriptions",
-                now,
-            );
-        }
+        let limit = self.cfg.relay_outbox_limit;
+        let Some(mut budget) = self.replay_budget(slot, s.entries.len(), limit, now) else {
+            return;
+        };
         let Some(i) = self.relays.iter().position(|r| r.slot == slot) else {
             return;
         };
-        let suback_len = 11 + 13 * s.entries.len();
-        let mut budget = self
-            .cfg
-            .relay_outbox_limit
-            .saturating_sub(self.outbox_bytes(slot) + suback_len);
         let mut acks = Vec::with_capacity(s.entries.len());
         let mut frames = Vec::new();
         for e in s.entries {

@@ -8,22 +8,35 @@ use super::outbox::{Entry, Pushed};
 use super::{Now, Shard};
 
 impl Shard {
-    pub(crate) fn on_subscribe(&mut self, slot: u32, s: yorker_wire::Subscribe, now: Now) {
-        if s.entries.len() > self.cfg.max_subscriptions as usize {
+    /// Checks a SUBSCRIBE's size, failing the connection beyond `max_subscriptions` (None),
+    /// and returns what its outbox (of `limit` bytes) can still take for replays after the
+    /// SUBACK itself.
+    pub(crate) fn replay_budget(
+        &mut self,
+        slot: u32,
+        entries: usize,
+        limit: usize,
+        now: Now,
+    ) -> Option<usize> {
+        if entries > self.cfg.max_subscriptions as usize {
             // Bounds the reply too: a SUBACK for max_subscriptions entries fits a frame.
-            return self.fail(
+            self.fail(
                 slot,
                 ErrorCode::TooManyEntries,
                 "more entries than max_subscriptions",
                 now,
             );
+            return None;
         }
-        // What the outbox can still take for replays, after the SUBACK itself.
-        let suback_len = 11 + 13 * s.entries.len();
-        let mut budget = self
-            .cfg
-            .outbox_limit
-            .saturating_sub(self.outbox_bytes(slot) + suback_len);
+        let suback_len = 11 + 13 * entries;
+        Some(limit.saturating_sub(self.outbox_bytes(slot) + suback_len))
+    }
+
+    pub(crate) fn on_subscribe(&mut self, slot: u32, s: yorker_wire::Subscribe, now: Now) {
+        let limit = self.cfg.outbox_limit;
+        let Some(mut budget) = self.replay_budget(slot, s.entries.len(), limit, now) else {
+            return;
+        };
         let mut acks = Vec::with_capacity(s.entries.len());
         let mut frames: Vec<(u32, Bytes)> = Vec::new();
         let (mut watched, mut joined) = (Vec::new(), Vec::new());
