@@ -1242,6 +1242,7 @@ mod fuzz {
             max_connections: 16,
             outbox_limit: 2_000,
             publisher_key: Some("k".into()),
+            relay_key: Some("r".into()),
             ..CoreConfig::default()
         });
         Shard::new(cfg, registry, 3)
@@ -1395,6 +1396,13 @@ mod fuzz {
                 role: Role::Relay,
                 client_name: "r".into(),
                 token: String::new()
+            })),
+            // A relay with the key: its SUBSCRIBEs are catch-up requests.
+            Just(Frame::Hello(Hello {
+                version: 1,
+                role: Role::Relay,
+                client_name: "r".into(),
+                token: "r".into()
             })),
             Just(Frame::Auth {
                 token: "x.y.z".into()
