@@ -24,7 +24,7 @@ use yorker_wire::{
     ResumeFrom, Role, SubResult, Subscribe, SubscribeEntry, Update, PROTOCOL_VERSION,
 };
 
-use super::{unix_us, Injector};
+use super::{unix_us, FeedStats, Injector};
 use yorker_engine::proto::registry::Topic;
 
 /// Why a session ended.
@@ -231,6 +231,9 @@ pub(crate) fn session_with(
                         let Some(snapshot) = held.remove(&id) else {
                             continue;
                         };
+                        if e.result == SubResult::Resumed {
+                            FeedStats::add(&injector.stats().catch_ups, 1);
+                        }
                         // `resumed`: the replay follows; `reset`: the snapshot follows, flagged
                         // SNAPSHOT|RESET. Anything else: apply what was held (a RESET).
                         if !matches!(e.result, SubResult::Resumed | SubResult::Reset) {

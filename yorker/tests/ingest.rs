@@ -662,6 +662,7 @@ fn a_relay_catches_up_on_what_it_missed_during_a_failover<L: Log>() {
     let u = c.next_update(T).expect("live through B");
     assert_eq!((u.seq, u.flags, &u.payload[..]), (7, 0, &b"after"[..]));
     assert_eq!(relay.feed_counter("resets"), 0);
+    assert_eq!(relay.feed_counter("catch_ups"), 1);
 }
 
 /// A topic the stream numbers takes no PUBLISH (nor POST, nor HTTP publish): a number taken
