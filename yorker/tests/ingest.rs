@@ -534,10 +534,16 @@ fn origins_on_one_stream_number_alike_and_a_restart_resumes<L: Log>() {
         log.append("match/9", &format!("ball {i}"));
     }
     for _ in 0..30 {
+        // Every field of the UPDATE frame, so the frames are byte-identical (both origins
+        // created the topic first, at start, so its id is the same too).
         let (ua, ub) = (ca.next_update(T).unwrap(), cb.next_update(T).unwrap());
         assert_eq!(
-            (ua.seq, ua.timestamp_us, ua.flags, &ua.payload),
-            (ub.seq, ub.timestamp_us, ub.flags, &ub.payload)
+            (ua.topic_id, ua.seq, ua.timestamp_us, ua.flags, &ua.payload),
+            (ub.topic_id, ub.seq, ub.timestamp_us, ub.flags, &ub.payload)
+        );
+        assert_eq!(
+            Frame::Update(ua).to_bytes().unwrap(),
+            Frame::Update(ub).to_bytes().unwrap()
         );
     }
     // Restart A on the same port while the stream moves on.
