@@ -753,9 +753,9 @@ fn a_jetstream_stream_created_again_resets_its_topic() {
 
 /// `yorker sink`: a backend that appends every client message to the log, keyed by user. Each
 /// MESSAGE acknowledged ok is in the log, with its user, session, request id, routing key and
-/// payload.
+/// payload, those acknowledged while the log was away included.
 fn client_messages_reach_the_log_through_the_sink<L: Log>() {
-    let log = L::fresh();
+    let mut log = L::fresh();
     let to = log.sink_url("bets");
     let (engine, addr, _admin) = support::serve_with_admin(&[
         "--listen",
@@ -826,6 +826,18 @@ fn client_messages_reach_the_log_through_the_sink<L: Log>() {
         "bet 9",
     ];
     assert_eq!(log.sunk("bets").1, want);
+    // The log goes away: messages acknowledged meanwhile are held by the sink, not lost, and
+    // reach the log once it is back.
+    log.kill();
+    for i in 0..3 {
+        id += 1;
+        assert_eq!(send(&mut c, id, &format!("held {i}")), 0, "acknowledged ok");
+    }
+    log.restart();
+    wait_for(T, "the held messages in the log", || {
+        log.sunk("bets").0 == 14
+    });
+    assert_eq!(log.sunk("bets").1[4], "held 2");
     let _ = sink.kill();
     let _ = sink.wait();
 }
