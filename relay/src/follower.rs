@@ -27,8 +27,12 @@ pub enum Source {
         groups: Vec<SocketAddrV4>,
         /// Local address of the interface to join them on.
         interface: Ipv4Addr,
-        /// Gap handling.
+        /// Gap handling (and how long a silent feed is tolerated).
         receiver: ReceiverConfig,
+        /// Other origins on the same replicated log, HOST:PORT each (docs/SCALE-OUT.md): when
+        /// the feed falls silent the relay follows them over TCP instead, as
+        /// [`Source::Upstreams`] does, for good. Empty: it waits for the feed to come back.
+        fallback: Vec<String>,
     },
     /// An upstream engine over TCP.
     Upstream,
@@ -66,6 +70,7 @@ impl Follower {
                 groups,
                 interface,
                 receiver,
+                fallback,
             } => {
                 let sock = join_groups(&groups, interface)?;
                 let nak_to = upstream::resolve(&upstream.addr).map_err(|e| {
@@ -82,6 +87,7 @@ impl Follower {
                     injector,
                     upstream,
                     receiver,
+                    fallback,
                     stop: st,
                 };
                 std::thread::Builder::new()
@@ -249,6 +255,7 @@ struct Multicast {
     injector: Injector,
     upstream: UpstreamConfig,
     receiver: ReceiverConfig,
+    fallback: Vec<String>,
     stop: Arc<AtomicBool>,
 }
 
@@ -270,7 +277,44 @@ impl Multicast {
         // What of the receiver's counters was already added to the shared ones.
         let mut reported = ReceiverStats::default();
         let mut timeout = FAST_POLL;
+        // The feed fell silent (the origin is gone or cannot be heard): not ready meanwhile.
+        let mut silent = false;
+        let mut snapshot_held = false;
         while !self.stop.load(Ordering::Acquire) {
+            if rx.is_silent(now_ms()) != silent {
+                silent = !silent;
+                if silent {
+                    FeedStats::add(&stats.silences, 1);
+                    stats.synced.store(false, Ordering::Release);
+                    if !self.fallback.is_empty() {
+                        let mut addrs = self.fallback.clone();
+                        addrs.push(self.upstream.addr.clone());
+                        tracing::error!(
+                            "the multicast feed of {} is silent (nothing for {} ms): following {} over TCP from now on (restart the relay to return to the feed)",
+                            self.upstream.addr,
+                            self.receiver.silence_ms,
+                            addrs[0]
+                        );
+                        return follow_tcp(
+                            self.upstream.clone(),
+                            &addrs,
+                            self.injector,
+                            &self.stop,
+                        );
+                    }
+                    tracing::error!(
+                        "the multicast feed of {} is silent (nothing for {} ms): not ready until it is heard again; clients keep their last values",
+                        self.upstream.addr,
+                        self.receiver.silence_ms
+                    );
+                } else {
+                    tracing::info!(
+                        "the multicast feed of {} is heard again",
+                        self.upstream.addr
+                    );
+                    stats.synced.store(snapshot_held, Ordering::Release);
+                }
+            }
             // Wake often only while something is timed (a NAK, a snapshot); idle, the
             // heartbeats wake us anyway.
             let want = if rx.has_timer() || snapshot_running || snapshot_due.is_some() {
@@ -340,7 +384,11 @@ impl Multicast {
                             );
                         }
                         rx.snapshot_done(s.epoch, s.feed_seq, now_ms(), &mut actions);
-                        self.injector.stats().synced.store(true, Ordering::Release);
+                        snapshot_held = true;
+                        self.injector
+                            .stats()
+                            .synced
+                            .store(!silent, Ordering::Release);
                     }
                     Err(e) => {
                         tracing::warn!("snapshot failed: {e}");

@@ -133,13 +133,15 @@ pub struct FeedStats {
     /// Topics a relay caught up on after moving to an upstream of the same epoch (their
     /// missed updates replayed instead of a SNAPSHOT|RESET).
     pub catch_ups: AtomicU64,
+    /// Times a relay's multicast feed fell silent (no datagram for `--feed-silence-ms`).
+    pub silences: AtomicU64,
     /// A relay holds a synchronised snapshot of its upstream and follows it (readiness).
     pub synced: std::sync::atomic::AtomicBool,
 }
 
 impl FeedStats {
     /// The monotonic counters, by name (for metrics exporters).
-    pub fn counters(&self) -> [(&'static str, u64); 17] {
+    pub fn counters(&self) -> [(&'static str, u64); 18] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("datagrams_out", g(&self.datagrams_out)),
@@ -159,6 +161,7 @@ impl FeedStats {
             ("oversize_drops", g(&self.oversize_drops)),
             ("source_errors", g(&self.source_errors)),
             ("catch_ups", g(&self.catch_ups)),
+            ("silences", g(&self.silences)),
         ]
     }
 
@@ -182,7 +185,7 @@ impl FeedStats {
     pub fn line(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "feed: datagrams_out={} datagrams_in={} bad={} gaps={} naks={} naks_refused={} retransmits={} unavailable={} snapshot_fallbacks={} applied={} duplicates={} resets={} overruns={} topic_limit_drops={} oversize_drops={} source_errors={} catch_ups={} lag_us={} lag_max_us={}",
+            "feed: datagrams_out={} datagrams_in={} bad={} gaps={} naks={} naks_refused={} retransmits={} unavailable={} snapshot_fallbacks={} applied={} duplicates={} resets={} overruns={} topic_limit_drops={} oversize_drops={} source_errors={} catch_ups={} silences={} lag_us={} lag_max_us={}",
             g(&self.datagrams_out),
             g(&self.datagrams_in),
             g(&self.bad_datagrams),
@@ -200,6 +203,7 @@ impl FeedStats {
             g(&self.oversize_drops),
             g(&self.source_errors),
             g(&self.catch_ups),
+            g(&self.silences),
             g(&self.lag_us),
             self.lag_max_us.swap(0, Ordering::Relaxed),
         )

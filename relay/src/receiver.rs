@@ -30,6 +30,9 @@ pub struct ReceiverConfig {
     pub max_pending: usize,
     /// Most datagrams one NAK asks for.
     pub max_nak_range: u16,
+    /// The feed is silent after this long without any datagram of the channel (data or
+    /// heartbeat), ms: the origin is gone or unreachable.
+    pub silence_ms: u64,
 }
 
 impl Default for ReceiverConfig {
@@ -41,6 +44,7 @@ impl Default for ReceiverConfig {
             nak_attempts: 3,
             max_pending: 8192,
             max_nak_range: 1024,
+            silence_ms: 2_000,
         }
     }
 }
@@ -124,6 +128,8 @@ pub struct Receiver<D> {
     nak_for: u64,
     rng: u64,
     stats: ReceiverStats,
+    /// When a datagram of the channel last arrived (`now_ms` of the driver; 0 at start).
+    heard_ms: u64,
 }
 
 impl<D> Receiver<D> {
@@ -143,6 +149,7 @@ impl<D> Receiver<D> {
             nak_for: 0,
             rng: seed | 1,
             stats: ReceiverStats::default(),
+            heard_ms: 0,
         };
         r.stats.snapshots += 1;
         (r, Action::Snapshot(SnapshotReason::Start))
@@ -173,6 +180,12 @@ impl<D> Receiver<D> {
         self.pending.len()
     }
 
+    /// True when nothing of the channel (not even a heartbeat) arrived for `silence_ms`: the
+    /// origin is gone or cannot be heard. The driver's clock starts at 0 with the receiver.
+    pub fn is_silent(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.heard_ms) >= self.cfg.silence_ms
+    }
+
     fn rand_below(&mut self, n: u64) -> u64 {
         self.rng ^= self.rng >> 12;
         self.rng ^= self.rng << 25;
@@ -198,6 +211,7 @@ impl<D> Receiver<D> {
             self.stats.ignored += 1;
             return;
         }
+        self.heard_ms = self.heard_ms.max(now_ms);
         let following = self.newest_epoch.or(self.epoch);
         if following != Some(h.epoch) {
             if self.left_epoch == Some(h.epoch) {
@@ -454,6 +468,33 @@ mod tests {
         r.on_tick(1000, &mut out);
         assert!(out.is_empty(), "gap closed: no more NAKs");
         assert_eq!(r.stats().recovered, 2);
+    }
+
+    #[test]
+    fn a_feed_without_datagrams_is_silent() {
+        let cfg = ReceiverConfig {
+            silence_ms: 500,
+            ..ReceiverConfig::default()
+        };
+        let (mut r, _) = Receiver::<()>::new(cfg, 1);
+        assert!(!r.is_silent(499));
+        assert!(r.is_silent(500), "nothing heard since the start");
+        let mut out = Vec::new();
+        let hb = FeedHeader {
+            kind: Kind::Heartbeat,
+            flags: 0,
+            channel: 0,
+            epoch: 7,
+            seq: 0,
+            send_time_us: 0,
+            count: 0,
+        };
+        r.on_datagram(&hb, (), 600, &mut out);
+        assert!(!r.is_silent(1_099));
+        assert!(r.is_silent(1_100));
+        // Another channel's datagrams do not count.
+        r.on_datagram(&FeedHeader { channel: 3, ..hb }, (), 1_200, &mut out);
+        assert!(r.is_silent(1_200));
     }
 
     #[test]

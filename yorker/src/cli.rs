@@ -80,7 +80,7 @@ fn start_follower(
             .upstream
             .first()
             .cloned()
-            .or_else(|| r.recovery.clone())
+            .or_else(|| r.recovery.first().cloned())
             .unwrap_or_default(),
         key: r.upstream_key.clone(),
         connect_timeout: Duration::from_secs(5),
@@ -92,6 +92,7 @@ fn start_follower(
             groups: r.multicast_in.clone(),
             interface,
             receiver: r.receiver(args.multicast_channel),
+            fallback: r.recovery.iter().skip(1).cloned().collect(),
         },
         (0, None) => unreachable!("RelayArgs::check requires --multicast-if"),
     };

@@ -310,8 +310,16 @@ pub struct RelayArgs {
     #[arg(long, env = "YORKER_MULTICAST_IN", value_delimiter = ',')]
     pub multicast_in: Vec<SocketAddrV4>,
     /// The origin engine's HOST:PORT: NAKs go there over UDP, snapshots come from it over TCP.
-    #[arg(long, env = "YORKER_RECOVERY")]
-    pub recovery: Option<String>,
+    /// Several (HOST:PORT,HOST:PORT): the first is the origin whose feed this relay hears; the
+    /// others are origins reading the same replicated log (docs/SCALE-OUT.md), followed over
+    /// TCP if that feed falls silent for --feed-silence-ms.
+    #[arg(long, env = "YORKER_RECOVERY", value_delimiter = ',')]
+    pub recovery: Vec<String>,
+    /// A multicast feed without any datagram (data or heartbeat) for this long is silent: the
+    /// relay is not ready, and with several --recovery origins it follows the next over TCP.
+    /// Keep it well above the origin's --multicast-heartbeat-ms.
+    #[arg(long, env = "YORKER_FEED_SILENCE_MS", default_value_t = 2_000)]
+    pub feed_silence_ms: u64,
     /// Follow an upstream engine (origin or relay) over TCP instead of multicast: HOST:PORT.
     /// Several (HOST:PORT,HOST:PORT): origins reading one replicated log (docs/SCALE-OUT.md),
     /// tried in turn when the one followed fails; they share epoch and numbers, so clients
@@ -364,8 +372,11 @@ impl RelayArgs {
                 if serve.multicast_if.is_none() {
                     return Err("--multicast-in needs --multicast-if ADDR (the local interface to join the group on)".into());
                 }
-                if self.recovery.is_none() {
+                if self.recovery.is_empty() {
                     return Err("--multicast-in needs --recovery HOST:PORT (the origin, for NAKs and snapshots)".into());
+                }
+                if self.feed_silence_ms < 100 {
+                    return Err("--feed-silence-ms must be at least 100".into());
                 }
                 if self.nak_attempts == 0 || self.max_pending_datagrams < 16 {
                     return Err(
@@ -386,6 +397,7 @@ impl RelayArgs {
             nak_retry_ms: self.nak_retry_ms.max(1),
             nak_attempts: self.nak_attempts,
             max_pending: self.max_pending_datagrams,
+            silence_ms: self.feed_silence_ms,
             ..ReceiverConfig::default()
         }
     }

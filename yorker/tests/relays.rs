@@ -956,3 +956,124 @@ fn an_upstream_that_never_says_welcome_is_given_up() {
     assert!(err.contains("nothing received"), "{err}");
     drop(dead);
 }
+
+/// XADD `payload` to Redis stream `key` on 127.0.0.1:`port` (inside the test's namespace).
+fn xadd(port: u16, key: &str, payload: &str) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let args = ["XADD", key, "*", "payload", payload];
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).unwrap();
+    let mut b = [0u8; 64];
+    let n = s.read(&mut b).unwrap();
+    assert!(b[..n].starts_with(b"$"), "XADD answered {:?}", &b[..n]);
+}
+
+/// Two origins ingest one Redis stream; a relay hears A's multicast feed, with
+/// `--recovery A,B`. A dies: the feed falls silent, and the relay follows B over TCP instead.
+/// B numbers alike, so the relay catches up on what it missed: its client sees every entry,
+/// in order, with no RESET.
+#[test]
+fn a_multicast_relay_follows_another_origin_when_the_feed_falls_silent() {
+    if !in_netns("a_multicast_relay_follows_another_origin_when_the_feed_falls_silent") {
+        return;
+    }
+    let mut redis = Command::new("redis-server")
+        .args(["--port", "7600", "--bind", "127.0.0.1", "--save", ""])
+        .args(["--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server (scripts/install-test-deps.sh installs it)");
+    wait_for(Duration::from_secs(10), "redis-server", || {
+        TcpStream::connect("127.0.0.1:7600").is_ok()
+    });
+    xadd(7600, "match/5", "toss");
+    let ingest = "redis-stream://127.0.0.1:7600/match/5";
+    let mut a = Proc::start(
+        "origin-a",
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:7000",
+            "--relay-key",
+            RELAY_KEY,
+            "--multicast-out",
+            GROUP,
+            "--multicast-if",
+            "127.0.0.1",
+            "--multicast-heartbeat-ms",
+            "20",
+            "--ingest",
+            ingest,
+        ],
+    );
+    let _b = Proc::start(
+        "origin-b",
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:7001",
+            "--relay-key",
+            RELAY_KEY,
+            "--ingest",
+            ingest,
+        ],
+    );
+    wait_listening("127.0.0.1:7000");
+    wait_listening("127.0.0.1:7001");
+    let relay = Proc::start(
+        "relay-mc",
+        &[
+            "relay",
+            "--listen",
+            "127.0.0.1:7110",
+            "--multicast-in",
+            GROUP,
+            "--multicast-if",
+            "127.0.0.1",
+            "--recovery",
+            "127.0.0.1:7000,127.0.0.1:7001",
+            "--upstream-key",
+            RELAY_KEY,
+            "--feed-silence-ms",
+            "300",
+        ],
+    );
+    wait_listening("127.0.0.1:7110");
+    wait_value("127.0.0.1:7110", "match/5", b"toss");
+    let mut c = Client::connect("127.0.0.1:7110".parse().unwrap(), Role::Subscriber);
+    c.subscribe_with(vec![SubscribeEntry {
+        topic: "match/5".into(),
+        resume: None,
+        conflate: false,
+        presence: false,
+    }]);
+    let t = Duration::from_secs(10);
+    assert_eq!(c.next_update(t).expect("snapshot").seq, 1);
+    for i in 0..3 {
+        xadd(7600, "match/5", &format!("feed {i}"));
+    }
+    for seq in 2..=4 {
+        assert_eq!(c.next_update(t).expect("through the feed").seq, seq);
+    }
+    a.kill9();
+    for i in 0..5 {
+        xadd(7600, "match/5", &format!("after {i}"));
+    }
+    for (k, seq) in (5..=9).enumerate() {
+        let u = c.next_update(t).expect("through B");
+        assert_eq!(
+            (u.seq, u.flags, &u.payload[..]),
+            (seq, 0, format!("after {k}").as_bytes()),
+            "no RESET, no gap"
+        );
+    }
+    next_stats_line(&relay);
+    assert_eq!(relay_line(&relay, "silences"), 1);
+    assert_eq!(relay_line(&relay, "resets"), 0);
+    assert!(relay.log().contains("over TCP from now on"));
+    let _ = redis.kill();
+    let _ = redis.wait();
+}
