@@ -162,16 +162,8 @@ async fn session(
     stop: &AtomicBool,
     synced: &mut dyn FnMut(),
 ) -> Result<(), SessionError> {
-    let mut opts = async_nats::ConnectOptions::new()
-        .name("yorker-ingest")
-        .connection_timeout(Duration::from_secs(2))
-        .request_timeout(Some(Duration::from_secs(5)));
-    opts = match auth {
-        NatsAuth::None => opts,
-        NatsAuth::UserPassword(u, p) => opts.user_and_password(u.clone(), p.clone()),
-        NatsAuth::Token(t) => opts.token(t.clone()),
-    };
-    let client = opts
+    let client = auth
+        .connect_options("yorker-ingest")
         .connect(addr)
         .await
         .map_err(|e| SessionError::Nats(e.to_string()))?;

@@ -84,6 +84,22 @@ impl std::fmt::Debug for NatsAuth {
     }
 }
 
+impl NatsAuth {
+    /// The NATS client's options for a connection named `name` with these credentials: 2 s to
+    /// connect, 5 s for a request.
+    pub(crate) fn connect_options(&self, name: &str) -> async_nats::ConnectOptions {
+        let opts = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(std::time::Duration::from_secs(2))
+            .request_timeout(Some(std::time::Duration::from_secs(5)));
+        match self {
+            NatsAuth::None => opts,
+            NatsAuth::UserPassword(u, p) => opts.user_and_password(u.clone(), p.clone()),
+            NatsAuth::Token(t) => opts.token(t.clone()),
+        }
+    }
+}
+
 impl IngestSource {
     /// `(name in the source, topic)` of every topic the source feeds.
     pub fn topics(&self) -> Vec<(String, String)> {

@@ -407,15 +407,11 @@ async fn publish(
     let ctx = match js {
         Some(ctx) => ctx,
         None => {
-            let mut opts = async_nats::ConnectOptions::new()
-                .name("yorker-sink")
-                .connection_timeout(Duration::from_secs(2));
-            opts = match auth {
-                NatsAuth::None => opts,
-                NatsAuth::UserPassword(u, p) => opts.user_and_password(u.clone(), p.clone()),
-                NatsAuth::Token(t) => opts.token(t.clone()),
-            };
-            let client = opts.connect(addr).await.map_err(|e| e.to_string())?;
+            let client = auth
+                .connect_options("yorker-sink")
+                .connect(addr)
+                .await
+                .map_err(|e| e.to_string())?;
             let mut ctx = async_nats::jetstream::new(client);
             ctx.set_timeout(Duration::from_secs(5));
             js.insert(ctx)
