@@ -100,8 +100,31 @@ pub(crate) fn resolve(addr: &str) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))
 }
 
-/// Topics per catch-up SUBSCRIBE (well under any server's `max_subscriptions`).
-const CATCH_UP_CHUNK: usize = 256;
+/// Topics per catch-up SUBSCRIBE at most (well under any server's `max_subscriptions`).
+const CATCH_UP_ENTRIES: usize = 256;
+/// Bytes of topic names per catch-up SUBSCRIBE at most, so that the frame stays far below any
+/// server's `--max-frame` (topic names are up to 255 bytes).
+const CATCH_UP_NAME_BYTES: usize = 8 * 1024;
+
+/// Splits catch-up entries, given their topic names' lengths, into SUBSCRIBE frames of at most
+/// [`CATCH_UP_ENTRIES`] entries and [`CATCH_UP_NAME_BYTES`] bytes of names (one entry at least
+/// per frame).
+fn catch_up_chunks(name_lens: impl Iterator<Item = usize>) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut from, mut bytes, mut n) = (0, 0, 0);
+    for (i, len) in name_lens.enumerate() {
+        if i > from && (i - from == CATCH_UP_ENTRIES || bytes + len > CATCH_UP_NAME_BYTES) {
+            out.push(from..i);
+            (from, bytes) = (i, 0);
+        }
+        bytes += len;
+        n = i + 1;
+    }
+    if n > from {
+        out.push(from..n);
+    }
+    out
+}
 
 /// One session: connect, HELLO as a relay, apply the snapshot; `on_synced` is called at SYNCED.
 /// With `follow` false it returns right after; otherwise it applies live updates until the
@@ -274,21 +297,25 @@ pub(crate) fn session_with(
                             ids.len(),
                             cfg.addr
                         );
-                        for (k, chunk) in ids.chunks(CATCH_UP_CHUNK).enumerate() {
+                        // Held topics all have a topic here (see where they are held).
+                        let wanted: Vec<(u32, &Arc<Topic>)> = ids
+                            .iter()
+                            .filter_map(|id| Some((*id, topics.get(id)?.as_ref()?)))
+                            .collect();
+                        let bounds = catch_up_chunks(wanted.iter().map(|(_, t)| t.name.len()));
+                        for (k, range) in bounds.into_iter().enumerate() {
+                            let chunk = &wanted[range];
                             let request_id = 0x4000_0000 + k as u32;
                             let entries = chunk
                                 .iter()
-                                .filter_map(|id| {
-                                    let t = topics.get(id)?.as_ref()?;
-                                    Some(SubscribeEntry {
-                                        topic: t.name.to_string(),
-                                        resume: Some(ResumeFrom {
-                                            epoch,
-                                            seq: injector.registry().seq(t),
-                                        }),
-                                        conflate: false,
-                                        presence: false,
-                                    })
+                                .map(|(_, t)| SubscribeEntry {
+                                    topic: t.name.to_string(),
+                                    resume: Some(ResumeFrom {
+                                        epoch,
+                                        seq: injector.registry().seq(t),
+                                    }),
+                                    conflate: false,
+                                    presence: false,
                                 })
                                 .collect();
                             cs.send(&Frame::Subscribe(Subscribe {
@@ -296,7 +323,7 @@ pub(crate) fn session_with(
                                 entries,
                             }))
                             .map_err(|e| proto(format!("catch-up request: {e}")))?;
-                            asked.insert(request_id, chunk.to_vec());
+                            asked.insert(request_id, chunk.iter().map(|(id, _)| *id).collect());
                         }
                     }
                 }
@@ -330,5 +357,24 @@ pub(crate) fn session_with(
                 _ => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catch_up_requests_are_split_by_entries_and_bytes() {
+        assert!(catch_up_chunks(std::iter::empty()).is_empty());
+        assert_eq!(catch_up_chunks([10; 3].into_iter()), vec![0..3]);
+        // 600 short names: 256 per frame.
+        assert_eq!(
+            catch_up_chunks([8; 600].into_iter()),
+            vec![0..256, 256..512, 512..600]
+        );
+        // Long names: 8 KiB of names per frame (32 of 255 bytes fit, the 33rd does not).
+        let r = catch_up_chunks([255; 70].into_iter());
+        assert_eq!(r, vec![0..32, 32..64, 64..70]);
     }
 }
