@@ -71,6 +71,15 @@ fn kill(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// A child process killed when this is dropped (a failing test included).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        kill(&mut self.0);
+    }
+}
+
 /// A redis-server, its append-only file written per command.
 struct Redis {
     child: Child,
@@ -773,7 +782,7 @@ fn client_messages_reach_the_log_through_the_sink<L: Log>() {
         addr,
         admin: _admin,
     };
-    let mut sink = Command::new(env!("CARGO_BIN_EXE_yorker"))
+    let sink = Command::new(env!("CARGO_BIN_EXE_yorker"))
         .args([
             "sink",
             "--engine",
@@ -785,6 +794,8 @@ fn client_messages_reach_the_log_through_the_sink<L: Log>() {
         .stderr(Stdio::null())
         .spawn()
         .expect("yorker sink");
+    // Killed when the test ends, failing or not.
+    let _sink = Killed(sink);
     let mut c = Client::raw(addr);
     c.hello_with(3, Role::Subscriber, String::new(), T)
         .expect("WELCOME");
@@ -838,6 +849,4 @@ fn client_messages_reach_the_log_through_the_sink<L: Log>() {
         log.sunk("bets").0 == 14
     });
     assert_eq!(log.sunk("bets").1[4], "held 2");
-    let _ = sink.kill();
-    let _ = sink.wait();
 }

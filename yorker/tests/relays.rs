@@ -980,12 +980,22 @@ fn a_multicast_relay_follows_another_origin_when_the_feed_falls_silent() {
     if !in_netns("a_multicast_relay_follows_another_origin_when_the_feed_falls_silent") {
         return;
     }
-    let mut redis = Command::new("redis-server")
-        .args(["--port", "7600", "--bind", "127.0.0.1", "--save", ""])
-        .args(["--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server (scripts/install-test-deps.sh installs it)");
+    /// Killed when dropped, the test failing or not.
+    struct KillOnDrop(Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _redis = KillOnDrop(
+        Command::new("redis-server")
+            .args(["--port", "7600", "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/install-test-deps.sh installs it)"),
+    );
     wait_for(Duration::from_secs(10), "redis-server", || {
         TcpStream::connect("127.0.0.1:7600").is_ok()
     });
@@ -1074,6 +1084,4 @@ fn a_multicast_relay_follows_another_origin_when_the_feed_falls_silent() {
     assert_eq!(relay_line(&relay, "silences"), 1);
     assert_eq!(relay_line(&relay, "resets"), 0);
     assert!(relay.log().contains("over TCP from now on"));
-    let _ = redis.kill();
-    let _ = redis.wait();
 }
