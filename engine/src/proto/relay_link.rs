@@ -2,6 +2,7 @@
 //! conflated, each topic id introduced by a TOPIC frame before its first UPDATE
 //! (docs/PROTOCOL.md §2.5).
 
+use std::collections::hash_map::Entry as SentEntry;
 use std::collections::HashMap;
 
 use bytes::Bytes;
@@ -125,15 +126,27 @@ impl Shard {
         );
         let epoch = self.registry.epoch();
         self.relays.push(RelayLink { slot, epoch, sent });
+        self.push_relay_all(
+            slot,
+            frames,
+            "the snapshot of every topic exceeds the relay outbox limit",
+            now,
+        );
+    }
+
+    /// Appends `frames` to a relay link's outbox in order; when it overflows, the relay is
+    /// failed with `slow_consumer` (saying `why`).
+    fn push_relay_all(
+        &mut self,
+        slot: u32,
+        frames: impl IntoIterator<Item = Bytes>,
+        why: &str,
+        now: Now,
+    ) {
         for f in frames {
             if !self.push_relay(slot, f) {
                 self.stats.slow_disconnects += 1;
-                return self.fail(
-                    slot,
-                    ErrorCode::SlowConsumer,
-                    "the snapshot of every topic exceeds the relay outbox limit",
-                    now,
-                );
+                return self.fail(slot, ErrorCode::SlowConsumer, why, now);
             }
         }
     }
@@ -166,14 +179,15 @@ impl Shard {
             };
             let start = self.registry.start_subscription(&t, Some(resume), budget);
             budget = budget.saturating_sub(start.frames.iter().map(Bytes::len).sum());
-            let link = &mut self.relays[i];
-            if !link.sent.contains_key(&t.id) {
-                // Not announced on this link yet (created after its snapshot).
-                frames.push(t.topic_frame.clone());
-            }
-            let sent = link.sent.entry(t.id).or_insert(0);
             // Live updates up to `start.seq` still on their way to this shard are covered.
-            *sent = (*sent).max(start.seq);
+            match self.relays[i].sent.entry(t.id) {
+                SentEntry::Occupied(mut o) => *o.get_mut() = (*o.get()).max(start.seq),
+                SentEntry::Vacant(v) => {
+                    // Not announced on this link yet (created after its snapshot).
+                    frames.push(t.topic_frame.clone());
+                    v.insert(start.seq);
+                }
+            }
             acks.push(SubAckEntry {
                 result: start.result,
                 topic_id: t.id,
@@ -187,17 +201,12 @@ impl Shard {
         })
         .to_bytes()
         .expect("at most max_subscriptions entries");
-        for f in std::iter::once(suback).chain(frames) {
-            if !self.push_relay(slot, f) {
-                self.stats.slow_disconnects += 1;
-                return self.fail(
-                    slot,
-                    ErrorCode::SlowConsumer,
-                    "a catch-up exceeds the relay outbox limit",
-                    now,
-                );
-            }
-        }
+        self.push_relay_all(
+            slot,
+            std::iter::once(suback).chain(frames),
+            "a catch-up exceeds the relay outbox limit",
+            now,
+        );
     }
 }
 
