@@ -279,7 +279,6 @@ impl Multicast {
         let mut timeout = FAST_POLL;
         // The feed fell silent (the origin is gone or cannot be heard): not ready meanwhile.
         let mut silent = false;
-        let mut snapshot_held = false;
         while !self.stop.load(Ordering::Acquire) {
             if rx.is_silent(now_ms()) != silent {
                 silent = !silent;
@@ -312,7 +311,9 @@ impl Multicast {
                         "the multicast feed of {} is heard again",
                         self.upstream.addr
                     );
-                    stats.synced.store(snapshot_held, Ordering::Release);
+                    // Ready again if a snapshot ever synced this relay (the receiver follows an
+                    // epoch); a gap meanwhile is the receiver's to mend.
+                    stats.synced.store(rx.epoch().is_some(), Ordering::Release);
                 }
             }
             // Wake often only while something is timed (a NAK, a snapshot); idle, the
@@ -384,7 +385,6 @@ impl Multicast {
                             );
                         }
                         rx.snapshot_done(s.epoch, s.feed_seq, now_ms(), &mut actions);
-                        snapshot_held = true;
                         self.injector
                             .stats()
                             .synced
