@@ -21,11 +21,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::push::OrderedConfig;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::{self, stream};
-use bytes::Bytes;
 use futures_util::stream::{SelectAll, StreamExt};
 use yorker_engine::proto::registry::Topic;
-use yorker_relay::{unix_us, FeedStats, Injector};
-use yorker_wire::{update_flags, Update};
+use yorker_relay::{FeedStats, Injector};
 
 use crate::{IngestConfig, NatsAuth};
 
@@ -144,10 +142,7 @@ pub(crate) fn run(
         .collect();
     let what = format!("{} stream(s) at nats://{addr} (JetStream)", feeds.len());
     crate::follow(&what, injector, stop, |synced| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
+        let rt = crate::nats_runtime()
             .map_err(|e| SessionError::Nats(format!("cannot start the client's runtime: {e}")))?;
         rt.block_on(session(cfg, addr, auth, injector, &mut feeds, stop, synced))
     });
@@ -249,7 +244,7 @@ async fn session(
                     continue;
                 }
                 let ts = u64::try_from(info.published.unix_timestamp_nanos() / 1000).unwrap_or(0);
-                apply(injector, &f.topic, seq, ts, m.payload.clone(), f.first);
+                crate::apply_entry(injector, &f.topic, seq, ts, m.payload.clone(), f.first);
                 f.first = false;
                 f.applied = seq;
             }
@@ -273,26 +268,6 @@ fn state_of(info: &stream::Info) -> StreamState {
         first_seq: info.state.first_sequence,
         last_seq: info.state.last_sequence,
     }
-}
-
-fn apply(
-    injector: &Injector,
-    topic: &Topic,
-    seq: u64,
-    timestamp_us: u64,
-    payload: Bytes,
-    first: bool,
-) {
-    let u = Update {
-        topic_id: 0,
-        seq,
-        timestamp_us,
-        // The first value a topic gets from the stream is a snapshot: nothing before it is
-        // known here.
-        flags: if first { update_flags::SNAPSHOT } else { 0 },
-        payload,
-    };
-    injector.apply(topic, &u, unix_us());
 }
 
 #[cfg(test)]

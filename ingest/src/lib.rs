@@ -408,6 +408,39 @@ impl Drop for Ingest {
     }
 }
 
+/// Hands one entry of a stream to the engine as update `seq` of `topic`, stamped
+/// `timestamp_us`. The first value a topic gets from the stream (`first`) is flagged SNAPSHOT:
+/// nothing before it is known here.
+pub(crate) fn apply_entry(
+    injector: &Injector,
+    topic: &yorker_engine::proto::registry::Topic,
+    seq: u64,
+    timestamp_us: u64,
+    payload: bytes::Bytes,
+    first: bool,
+) {
+    let u = yorker_wire::Update {
+        topic_id: 0,
+        seq,
+        timestamp_us,
+        flags: if first {
+            yorker_wire::update_flags::SNAPSHOT
+        } else {
+            0
+        },
+        payload,
+    };
+    injector.apply(topic, &u, yorker_relay::unix_us());
+}
+
+/// The runtime the NATS client runs on: current-thread, on the calling (side) thread.
+pub(crate) fn nats_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+}
+
 /// How a reader's session ended, for [`follow`].
 pub(crate) trait SessionEnd: std::fmt::Display {
     /// Asked to stop (not an error).

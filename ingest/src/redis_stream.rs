@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use redis::{Connection, Value};
 use yorker_engine::proto::registry::Topic;
-use yorker_relay::{unix_us, FeedStats, Injector};
-use yorker_wire::{update_flags, Update};
+use yorker_relay::{FeedStats, Injector};
 
 use crate::numbering::{number_newest, EntryId, Position, StreamInfo};
 
@@ -121,7 +120,14 @@ fn session(
                     continue;
                 }
                 let n = pos.advance(id);
-                apply(injector, &s.topic, id, n, payload(&fields, field), false);
+                crate::apply_entry(
+                    injector,
+                    &s.topic,
+                    n,
+                    id.timestamp_us(),
+                    payload(&fields, field),
+                    false,
+                );
             }
         }
         if verified.elapsed() >= Duration::from_millis(cfg.verify_ms) {
@@ -201,24 +207,18 @@ fn resync(
         if n <= held && !first {
             continue;
         }
-        apply(injector, &s.topic, id, n, payload(fields, field), first);
+        crate::apply_entry(
+            injector,
+            &s.topic,
+            n,
+            id.timestamp_us(),
+            payload(fields, field),
+            first,
+        );
         first = false;
     }
     s.pos = Some(Position::of(&info));
     Ok(())
-}
-
-fn apply(injector: &Injector, topic: &Topic, id: EntryId, seq: u64, payload: Bytes, first: bool) {
-    let u = Update {
-        topic_id: 0,
-        seq,
-        timestamp_us: id.timestamp_us(),
-        // The first value a topic gets from the stream is a snapshot: nothing before it is
-        // known here.
-        flags: if first { update_flags::SNAPSHOT } else { 0 },
-        payload,
-    };
-    injector.apply(topic, &u, unix_us());
 }
 
 /// The payload field of an entry; an entry without it is an empty update (and counted).

@@ -317,13 +317,9 @@ impl Log {
         Ok(match to {
             Destination::RedisStream { .. } => Log::Redis(None),
             Destination::JetStream { .. } => Log::JetStream {
-                rt: tokio::runtime::Builder::new_current_thread()
-                    .enable_io()
-                    .enable_time()
-                    .build()
-                    .map_err(|e| {
-                        SinkError::Log(format!("cannot start the NATS client's runtime: {e}"))
-                    })?,
+                rt: crate::nats_runtime().map_err(|e| {
+                    SinkError::Log(format!("cannot start the NATS client's runtime: {e}"))
+                })?,
                 js: None,
             },
         })
