@@ -55,10 +55,16 @@ trait Log: Sized {
     /// The `--ingest` URL for these topics (`verify-ms=200`, so that checks happen in a test's
     /// time).
     fn url(&self, topics: &[&str]) -> String;
+    /// Its server process.
+    fn server(&mut self) -> &mut Server;
     /// Stops it the way an outage would (SIGKILL).
-    fn kill(&mut self);
+    fn kill(&mut self) {
+        self.server().kill();
+    }
     /// Starts it again on the same port and data.
-    fn restart(&mut self);
+    fn restart(&mut self) {
+        self.server().restart();
+    }
     /// `yorker sink --to` for a destination named `name` (created if the log needs that).
     fn sink_url(&self, name: &str) -> String;
     /// How many messages the sink has stored under `name`, and the newest as
@@ -80,11 +86,47 @@ impl Drop for Killed {
     }
 }
 
-/// A redis-server, its append-only file written per command.
-struct Redis {
+/// A log's server process on a loopback port of its own, its data in a directory of its own;
+/// killed, and the directory removed, when dropped.
+struct Server {
     child: Child,
     port: u16,
     dir: PathBuf,
+    /// Starts the process on a port with a data directory and waits until it answers.
+    spawn: fn(u16, &PathBuf) -> Child,
+}
+
+impl Server {
+    fn start(kind: &str, spawn: fn(u16, &PathBuf) -> Child) -> Server {
+        let (port, dir) = (free_port(), fresh_dir(kind));
+        Server {
+            child: spawn(port, &dir),
+            port,
+            dir,
+            spawn,
+        }
+    }
+
+    fn kill(&mut self) {
+        kill(&mut self.child);
+    }
+
+    fn restart(&mut self) {
+        self.kill();
+        self.child = (self.spawn)(self.port, &self.dir);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A redis-server, its append-only file written per command.
+struct Redis {
+    server: Server,
 }
 
 impl Redis {
@@ -114,18 +156,22 @@ impl Redis {
     }
 
     fn cmd(&self, args: &[&str]) -> String {
-        cmd_on(TcpStream::connect(("127.0.0.1", self.port)).unwrap(), args)
+        cmd_on(
+            TcpStream::connect(("127.0.0.1", self.server.port)).unwrap(),
+            args,
+        )
     }
 }
 
 impl Log for Redis {
     fn fresh() -> Redis {
-        let (port, dir) = (free_port(), fresh_dir("redis"));
         Redis {
-            child: Redis::spawn(port, &dir),
-            port,
-            dir,
+            server: Server::start("redis", Redis::spawn),
         }
+    }
+
+    fn server(&mut self) -> &mut Server {
+        &mut self.server
     }
 
     fn append(&self, key: &str, payload: &str) -> u64 {
@@ -138,27 +184,23 @@ impl Log for Redis {
     fn url(&self, keys: &[&str]) -> String {
         format!(
             "redis-stream://127.0.0.1:{}/{}?verify-ms=200",
-            self.port,
+            self.server.port,
             keys.join(",")
         )
     }
 
-    fn kill(&mut self) {
-        kill(&mut self.child);
-    }
-
-    fn restart(&mut self) {
-        self.kill();
-        self.child = Redis::spawn(self.port, &self.dir);
-    }
-
     fn sink_url(&self, key: &str) -> String {
-        format!("redis-stream://127.0.0.1:{}/{key}", self.port)
+        format!("redis-stream://127.0.0.1:{}/{key}", self.server.port)
     }
 
     fn sunk(&self, key: &str) -> (u64, Vec<String>) {
-        let len = cmd_all(self.port, &["XLEN", key])[0].parse().unwrap();
-        let last = cmd_all(self.port, &["XREVRANGE", key, "+", "-", "COUNT", "1"]);
+        let len = cmd_all(self.server.port, &["XLEN", key])[0]
+            .parse()
+            .unwrap();
+        let last = cmd_all(
+            self.server.port,
+            &["XREVRANGE", key, "+", "-", "COUNT", "1"],
+        );
         let fields = last.get(1..).unwrap_or_default();
         let names: Vec<&str> = fields.iter().step_by(2).map(String::as_str).collect();
         if !fields.is_empty() {
@@ -168,20 +210,11 @@ impl Log for Redis {
     }
 }
 
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// A nats-server with JetStream, its streams in files. One stream per topic, as the ingest
 /// wants: topic `score/1` is stream `score_1` collecting subject `score.1`. Written to with the
 /// official client, as a studio's feed would.
 struct JetStream {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
+    server: Server,
     rt: tokio::runtime::Runtime,
 }
 
@@ -217,7 +250,7 @@ impl JetStream {
         &self,
         f: impl AsyncFnOnce(async_nats::jetstream::Context) -> Result<R, async_nats::Error>,
     ) -> R {
-        let addr = format!("127.0.0.1:{}", self.port);
+        let addr = format!("127.0.0.1:{}", self.server.port);
         self.rt.block_on(async {
             let client = async_nats::connect(addr)
                 .await
@@ -253,16 +286,17 @@ impl JetStream {
 
 impl Log for JetStream {
     fn fresh() -> JetStream {
-        let (port, dir) = (free_port(), fresh_dir("nats"));
         JetStream {
-            child: JetStream::spawn(port, &dir),
-            port,
-            dir,
+            server: Server::start("nats", JetStream::spawn),
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap(),
         }
+    }
+
+    fn server(&mut self) -> &mut Server {
+        &mut self.server
     }
 
     fn append(&self, topic: &str, payload: &str) -> u64 {
@@ -283,18 +317,9 @@ impl Log for JetStream {
             .collect();
         format!(
             "nats-jetstream://127.0.0.1:{}/{}?verify-ms=200",
-            self.port,
+            self.server.port,
             streams.join(",")
         )
-    }
-
-    fn kill(&mut self) {
-        kill(&mut self.child);
-    }
-
-    fn restart(&mut self) {
-        self.kill();
-        self.child = JetStream::spawn(self.port, &self.dir);
     }
 
     /// The stream `name` collects `name.>`: the sink publishes to `name.<user>`.
@@ -308,7 +333,7 @@ impl Log for JetStream {
             js.get_or_create_stream(config).await?;
             Ok(())
         });
-        format!("nats-jetstream://127.0.0.1:{}/{name}", self.port)
+        format!("nats-jetstream://127.0.0.1:{}/{name}", self.server.port)
     }
 
     fn sunk(&self, name: &str) -> (u64, Vec<String>) {
@@ -334,13 +359,6 @@ impl Log for JetStream {
                 ],
             ))
         })
-    }
-}
-
-impl Drop for JetStream {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
