@@ -145,46 +145,66 @@ impl BadIngestUrl {
     }
 }
 
+/// Splits `SCHEME://AUTHORITY/PATH[?QUERY]` into the authority, the path and the query;
+/// `path_help` says what the path names, for an URL without one.
+fn split_url<'a>(
+    url: &'a str,
+    scheme: &str,
+    path_help: &str,
+) -> Result<(&'a str, &'a str, &'a str), BadIngestUrl> {
+    let bad = |why: &str| BadIngestUrl::new(url, why);
+    let rest = url
+        .strip_prefix(scheme)
+        .and_then(|r| r.strip_prefix("://"))
+        .ok_or_else(|| bad(&format!("the URL must start with {scheme}://")))?;
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, path) = rest.split_once('/').ok_or_else(|| bad(path_help))?;
+    Ok((authority, path, query))
+}
+
+/// `addr` if it is `HOST:PORT`.
+fn host_port<'a>(url: &str, addr: &'a str) -> Result<&'a str, BadIngestUrl> {
+    if addr.is_empty() || !addr.contains(':') {
+        return Err(BadIngestUrl::new(url, "the address must be HOST:PORT"));
+    }
+    Ok(addr)
+}
+
 /// Splits `redis-stream://HOST:PORT/PATH[?QUERY]` into the address, the path (the stream
 /// keys) and the query.
 pub(crate) fn split_redis_stream_url(url: &str) -> Result<(&str, &str, &str), BadIngestUrl> {
-    let bad = |why: &str| BadIngestUrl::new(url, why);
-    let rest = url
-        .strip_prefix("redis-stream://")
-        .ok_or_else(|| bad("the URL must start with redis-stream://"))?;
-    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let (addr, path) = rest.split_once('/').ok_or_else(|| {
-        bad("name the stream keys after the address: redis-stream://HOST:PORT/KEY[,KEY...]")
-    })?;
-    if addr.is_empty() || !addr.contains(':') {
-        return Err(bad("the address must be HOST:PORT"));
-    }
-    Ok((addr, path, query))
+    let (addr, path, query) = split_url(
+        url,
+        "redis-stream",
+        "name the stream keys after the address: redis-stream://HOST:PORT/KEY[,KEY...]",
+    )?;
+    Ok((host_port(url, addr)?, path, query))
 }
 
 /// Splits `nats-jetstream://[CREDENTIALS@]HOST:PORT/PATH[?QUERY]` into the credentials, the
 /// address, the path and the query.
 pub(crate) fn split_jetstream_url(url: &str) -> Result<(NatsAuth, &str, &str, &str), BadIngestUrl> {
-    let bad = |why: &str| BadIngestUrl::new(url, why);
-    let rest = url
-        .strip_prefix("nats-jetstream://")
-        .ok_or_else(|| bad("the URL must start with nats-jetstream://"))?;
-    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let (authority, path) = rest.split_once('/').ok_or_else(|| {
-        bad("name the streams after the address: nats-jetstream://HOST:PORT/STREAM[,STREAM...]")
-    })?;
+    let (authority, path, query) = split_url(
+        url,
+        "nats-jetstream",
+        "name the streams after the address: nats-jetstream://HOST:PORT/STREAM[,STREAM...]",
+    )?;
     let (auth, addr) = match authority.rsplit_once('@') {
         None => (NatsAuth::None, authority),
+        Some(("", _)) => return Err(BadIngestUrl::new(url, "empty credentials before '@'")),
         Some((cred, addr)) => match cred.split_once(':') {
-            _ if cred.is_empty() => return Err(bad("empty credentials before '@'")),
             Some((user, pass)) => (NatsAuth::UserPassword(user.into(), pass.into()), addr),
             None => (NatsAuth::Token(cred.into()), addr),
         },
     };
-    if addr.is_empty() || !addr.contains(':') {
-        return Err(bad("the address must be HOST:PORT"));
-    }
-    Ok((auth, addr, path, query))
+    Ok((auth, host_port(url, addr)?, path, query))
+}
+
+/// Whether a name occurs twice.
+fn named_twice<'a>(names: impl Iterator<Item = &'a str>) -> bool {
+    let mut v: Vec<&str> = names.collect();
+    v.sort_unstable();
+    v.windows(2).any(|w| w[0] == w[1])
 }
 
 /// A JetStream stream name as the server accepts it (no whitespace, `.`, `*`, `>`, slashes or
@@ -215,13 +235,8 @@ fn jetstream_streams(url: &str, path: &str) -> Result<Vec<(String, String)>, Bad
     if streams.is_empty() {
         return Err(bad("no stream"));
     }
-    let named_twice = |v: Vec<&String>| {
-        let mut v = v;
-        v.sort();
-        v.windows(2).any(|w| w[0] == w[1])
-    };
-    if named_twice(streams.iter().map(|(s, _)| s).collect())
-        || named_twice(streams.iter().map(|(_, t)| t).collect())
+    if named_twice(streams.iter().map(|(s, _)| s.as_str()))
+        || named_twice(streams.iter().map(|(_, t)| t.as_str()))
     {
         return Err(bad("a stream or a topic is named twice"));
     }
@@ -237,18 +252,12 @@ impl FromStr for IngestConfig {
         let bad = |why: &str| BadIngestUrl::new(url, why);
         if url.starts_with("nats-jetstream://") {
             let (auth, addr, path, query) = split_jetstream_url(url)?;
-            let mut cfg = IngestConfig {
-                source: IngestSource::NatsJetStream {
-                    addr: addr.into(),
-                    auth,
-                    streams: jetstream_streams(url, path)?,
-                },
-                history: 64,
-                block_ms: 500,
-                verify_ms: 5_000,
+            let source = IngestSource::NatsJetStream {
+                addr: addr.into(),
+                auth,
+                streams: jetstream_streams(url, path)?,
             };
-            cfg.query(url, query)?;
-            return Ok(cfg);
+            return IngestConfig::with_query(source, url, query);
         }
         if !url.starts_with("redis-stream://") {
             return Err(bad(
@@ -268,18 +277,23 @@ impl FromStr for IngestConfig {
             yorker_wire::topic::validate(k)
                 .map_err(|e| bad(&format!("stream key {k:?} is not a valid topic name: {e}")))?;
         }
-        let mut dup = keys.clone();
-        dup.sort();
-        dup.dedup();
-        if dup.len() != keys.len() {
+        if named_twice(keys.iter().map(String::as_str)) {
             return Err(bad("a stream key is named twice"));
         }
+        let source = IngestSource::RedisStream {
+            addr: addr.into(),
+            keys,
+            field: "payload".into(),
+        };
+        IngestConfig::with_query(source, url, query)
+    }
+}
+
+impl IngestConfig {
+    /// The settings for `source`: the defaults, then the URL's query parameters.
+    fn with_query(source: IngestSource, url: &str, query: &str) -> Result<Self, BadIngestUrl> {
         let mut cfg = IngestConfig {
-            source: IngestSource::RedisStream {
-                addr: addr.into(),
-                keys,
-                field: "payload".into(),
-            },
+            source,
             history: 64,
             block_ms: 500,
             verify_ms: 5_000,
@@ -287,9 +301,7 @@ impl FromStr for IngestConfig {
         cfg.query(url, query)?;
         Ok(cfg)
     }
-}
 
-impl IngestConfig {
     /// Applies the URL's query parameters.
     fn query(&mut self, url: &str, query: &str) -> Result<(), BadIngestUrl> {
         let bad = |why: &str| BadIngestUrl::new(url, why);
