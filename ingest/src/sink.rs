@@ -303,9 +303,19 @@ fn next_frame(
 }
 
 /// The log's side of the sink: a connection made when first needed and dropped after an error.
+// One per sink process: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Log {
-    Redis(Option<redis::Connection>),
+    Redis {
+        addr: String,
+        stream: String,
+        maxlen: u64,
+        con: Option<redis::Connection>,
+    },
     JetStream {
+        addr: String,
+        auth: NatsAuth,
+        subject: String,
         /// The client's runtime, current-thread, on the sink's own thread.
         rt: tokio::runtime::Runtime,
         js: Option<async_nats::jetstream::Context>,
@@ -314,9 +324,25 @@ enum Log {
 
 impl Log {
     fn new(to: &Destination) -> Result<Log, SinkError> {
-        Ok(match to {
-            Destination::RedisStream { .. } => Log::Redis(None),
-            Destination::JetStream { .. } => Log::JetStream {
+        Ok(match to.clone() {
+            Destination::RedisStream {
+                addr,
+                stream,
+                maxlen,
+            } => Log::Redis {
+                addr,
+                stream,
+                maxlen,
+                con: None,
+            },
+            Destination::JetStream {
+                addr,
+                auth,
+                subject,
+            } => Log::JetStream {
+                addr,
+                auth,
+                subject,
                 rt: crate::nats_runtime().map_err(|e| {
                     SinkError::Log(format!("cannot start the NATS client's runtime: {e}"))
                 })?,
@@ -326,33 +352,29 @@ impl Log {
     }
 
     /// Appends one message; an error drops the connection (the next call makes another).
-    fn append(&mut self, to: &Destination, m: &ClientMessage) -> Result<(), String> {
-        let r = match (&mut *self, to) {
-            (
-                Log::Redis(con),
-                Destination::RedisStream {
-                    addr,
-                    stream,
-                    maxlen,
-                },
-            ) => xadd(con, addr, stream, *maxlen, m).map_err(|e| e.to_string()),
-            (
-                Log::JetStream { rt, js },
-                Destination::JetStream {
-                    addr,
-                    auth,
-                    subject,
-                },
-            ) => rt.block_on(publish(js, addr, auth, subject, m)),
-            _ => Err("the sink's log does not match its destination".into()),
-        };
-        if r.is_err() {
-            match self {
-                Log::Redis(con) => *con = None,
-                Log::JetStream { js, .. } => *js = None,
-            }
+    fn append(&mut self, m: &ClientMessage) -> Result<(), String> {
+        match self {
+            Log::Redis {
+                addr,
+                stream,
+                maxlen,
+                con,
+            } => xadd(con, addr, stream, *maxlen, m).map_err(|e| {
+                *con = None;
+                e.to_string()
+            }),
+            Log::JetStream {
+                addr,
+                auth,
+                subject,
+                rt,
+                js,
+            } => rt
+                .block_on(publish(js, addr, auth, subject, m))
+                .inspect_err(|_| {
+                    *js = None;
+                }),
         }
-        r
     }
 }
 
@@ -445,7 +467,7 @@ fn append(
         if stop.load(Ordering::Acquire) {
             return Err(SinkError::Stopped);
         }
-        match log.append(&cfg.to, m) {
+        match log.append(m) {
             Ok(()) => return Ok(()),
             Err(e) => {
                 attempt += 1;
