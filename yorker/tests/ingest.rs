@@ -622,24 +622,40 @@ fn a_stream_outage_shows_and_clients_keep_their_last_values<L: Log>() {
     }
 }
 
+/// Origins A and B on `topic`'s stream (its first entry "toss"), a relay following A then B
+/// (`--upstream A,B`), and a NO_CONFLATE subscriber of the relay that got the snapshot (seq 1).
+fn relay_on_two_origins(log: &impl Log, topic: &str) -> (Origin, Origin, Origin, Client) {
+    log.append(topic, "toss");
+    let (a, b) = two_origins(log, topic);
+    let relay = Origin::relay(&format!("{},{}", a.addr, b.addr));
+    wait_for(T, "relay synced", || relay.ready());
+    let (mut c, ack) = subscriber(&relay, topic, None);
+    assert_eq!((ack.result, ack.seq), (SubResult::Ok, 1));
+    assert_eq!(c.next_update(T).unwrap().seq, 1);
+    (a, b, relay, c)
+}
+
+/// The next updates are `seqs`, in order, unflagged, with payloads `<prefix> 0`, `<prefix> 1`...
+fn expect_in_order(c: &mut Client, seqs: std::ops::RangeInclusive<u64>, prefix: &str) {
+    for (k, seq) in seqs.enumerate() {
+        let u = c.next_update(T).expect("every update");
+        assert_eq!(
+            (u.seq, u.flags, &u.payload[..]),
+            (seq, 0, format!("{prefix} {k}").as_bytes()),
+            "no RESET, no gap"
+        );
+    }
+}
+
 /// A relay following two origins on one stream (`--upstream A,B`) moves to B when A dies; B
 /// has the same epoch and numbers, so the relay's clients see no RESET and no gap.
 fn a_relay_fails_over_between_origins_on_one_stream_without_reset<L: Log>() {
     let log = L::fresh();
-    log.append("match/7", "toss");
-    let (a, b) = two_origins(&log, "match/7");
-    let relay = Origin::relay(&format!("{},{}", a.addr, b.addr));
-    wait_for(T, "relay synced", || relay.ready());
-    let (mut c, ack) = subscriber(&relay, "match/7", None);
-    assert_eq!((ack.result, ack.seq), (SubResult::Ok, 1));
-    assert_eq!(c.next_update(T).unwrap().seq, 1);
+    let (a, _b, relay, mut c) = relay_on_two_origins(&log, "match/7");
     for i in 0..5 {
         log.append("match/7", &format!("before {i}"));
     }
-    for seq in 2..=6 {
-        let u = c.next_update(T).expect("through A");
-        assert_eq!((u.seq, u.flags), (seq, 0));
-    }
+    expect_in_order(&mut c, 2..=6, "before");
     drop(a);
     wait_for(T, "the relay synced with B", || {
         relay.feed_counter("snapshot_fallbacks") >= 1
@@ -647,14 +663,7 @@ fn a_relay_fails_over_between_origins_on_one_stream_without_reset<L: Log>() {
     for i in 0..5 {
         log.append("match/7", &format!("after {i}"));
     }
-    for (k, seq) in (7..=11).enumerate() {
-        let u = c.next_update(T).expect("through B");
-        assert_eq!(
-            (u.seq, u.flags, &u.payload[..]),
-            (seq, 0, format!("after {k}").as_bytes()),
-            "no RESET, no gap"
-        );
-    }
+    expect_in_order(&mut c, 7..=11, "after");
     assert_eq!(relay.feed_counter("resets"), 0);
 }
 
@@ -664,12 +673,7 @@ fn a_relay_fails_over_between_origins_on_one_stream_without_reset<L: Log>() {
 /// every update in order, no RESET and no gap.
 fn a_relay_catches_up_on_what_it_missed_during_a_failover<L: Log>() {
     let log = L::fresh();
-    log.append("match/6", "toss");
-    let (a, b) = two_origins(&log, "match/6");
-    let relay = Origin::relay(&format!("{},{}", a.addr, b.addr));
-    wait_for(T, "relay synced", || relay.ready());
-    let (mut c, _) = subscriber(&relay, "match/6", None);
-    assert_eq!(c.next_update(T).unwrap().seq, 1);
+    let (a, b, relay, mut c) = relay_on_two_origins(&log, "match/6");
     // Freeze A: the relay's session to it stays open, and nothing comes through.
     let frozen = Command::new("kill")
         .args(["-STOP", &a.child.id().to_string()])
@@ -683,14 +687,7 @@ fn a_relay_catches_up_on_what_it_missed_during_a_failover<L: Log>() {
         subscriber(&b, "match/6", None).1.seq == 6
     });
     drop(a);
-    for (k, seq) in (2..=6).enumerate() {
-        let u = c.next_update(T).expect("caught up through B");
-        assert_eq!(
-            (u.seq, u.flags, &u.payload[..]),
-            (seq, 0, format!("during {k}").as_bytes()),
-            "no RESET, no gap"
-        );
-    }
+    expect_in_order(&mut c, 2..=6, "during");
     log.append("match/6", "after");
     let u = c.next_update(T).expect("live through B");
     assert_eq!((u.seq, u.flags, &u.payload[..]), (7, 0, &b"after"[..]));
